@@ -1,0 +1,11 @@
+#pragma once
+
+// The one include a user needs: #include <flora/flora.h>
+
+#include <flora/checkpoint.h>
+#include <flora/ops.h>
+#include <flora/optimizer.h>
+#include <flora/options.h>
+#include <flora/projection.h>
+#include <flora/state_bytes.h>
+#include <flora/version.h>

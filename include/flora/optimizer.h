@@ -1,0 +1,92 @@
+#pragma once
+
+// flora::Flora: a torch::optim::Optimizer that drops in for
+// torch::optim::Adam. Adafactor's factored second moment plus a momentum
+// kept as a rank-r random projection that is regenerated from a seed and
+// resampled every kappa steps (Hao, Cao, Mou, ICML 2024). Semantics are those
+// of flora-opt 0.0.3 (see docs in README.md).
+
+#include <flora/export.h>
+#include <flora/options.h>
+
+#include <torch/optim/optimizer.h>
+#include <torch/optim/serialize.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace flora {
+
+/// Per-parameter state. Tensors that a parameter does not use stay undefined:
+/// exp_avg without momentum; exp_avg_sq_row/col unless factored; exp_avg_sq
+/// when factored. A compressed exp_avg is (rank, n) when the parameter is
+/// (m, n) with m < n, else (m, rank).
+struct FLORA_API FloraParamState
+    : public torch::optim::OptimizerCloneableParamState<FloraParamState> {
+  /// Steps taken by this parameter.
+  TORCH_ARG(int64_t, step) = 0;
+  /// Seed of the current projection (64-bit pattern).
+  TORCH_ARG(int64_t, seed) = 0;
+  /// RMS of the parameter at the start of the last step (0-d float32).
+  TORCH_ARG(torch::Tensor, rms);
+  TORCH_ARG(torch::Tensor, exp_avg);
+  TORCH_ARG(torch::Tensor, exp_avg_sq_row);
+  TORCH_ARG(torch::Tensor, exp_avg_sq_col);
+  TORCH_ARG(torch::Tensor, exp_avg_sq);
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  FLORA_API friend bool operator==(
+      const FloraParamState& lhs,
+      const FloraParamState& rhs);
+  /// Bytes held by this state's tensors.
+  int64_t nbytes() const;
+};
+
+/// What Flora keeps for a parameter of a given shape under given options
+/// (flora-opt's rules).
+struct FLORA_API ParamLayout {
+  /// 2-d and factorize_second_moment: row/column second moment.
+  bool factored = false;
+  /// beta1 set and > 0.
+  bool momentum = false;
+  /// momentum, rank set, factored, min(shape) >= rank and
+  /// max(shape) / min(shape) <= 4 (the last rules out embeddings).
+  bool compressed = false;
+
+  static ParamLayout of(torch::IntArrayRef shape, const FloraOptions& options);
+};
+
+class FLORA_API Flora : public torch::optim::Optimizer {
+ public:
+  explicit Flora(
+      const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+      FloraOptions defaults = {});
+  explicit Flora(std::vector<torch::Tensor> params, FloraOptions defaults = {});
+
+  /// One optimisation step over every parameter that has a gradient.
+  /// All inputs are checked before anything is modified: on an error the
+  /// parameters and the state are left as they were.
+  torch::Tensor step(LossClosure closure = nullptr) override;
+
+  /// Checkpoints in torch's optimizer archive layout (torch::save /
+  /// torch::load). load() validates everything against this optimizer's
+  /// parameters before changing anything; on an error it throws and leaves
+  /// the optimizer as it was. State tensors move to their parameter's device.
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+
+  /// Total bytes of all optimizer-state tensors (the number to compare with
+  /// Adam's exp_avg + exp_avg_sq).
+  int64_t state_bytes() const;
+
+ private:
+  void update_parameter(
+      torch::Tensor& param,
+      const torch::Tensor& grad,
+      FloraParamState& state,
+      const FloraOptions& options);
+};
+
+} // namespace flora

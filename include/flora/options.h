@@ -1,0 +1,101 @@
+#pragma once
+
+// FloraOptions: the hyper-parameters of one parameter group, with the names
+// and defaults of the reference Python package flora-opt 0.0.3. Where Python
+// takes None, C++ takes std::nullopt.
+
+#include <flora/export.h>
+#include <torch/arg.h>
+#include <torch/optim/optimizer.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+namespace torch::serialize {
+class OutputArchive;
+class InputArchive;
+} // namespace torch::serialize
+
+namespace flora {
+
+/// Where the random projection matrices come from.
+enum class ProjectionMode : int64_t {
+  /// Counter-based Philox4x32-10 with the Box-Muller transform: the stream of
+  /// cuRAND's device API. A (seed, shape) gives the same matrix on the CPU and
+  /// on any GPU, and generating it needs no generator object and no host
+  /// synchronisation. Seeds advance and split by an integer hash (see
+  /// projection.h).
+  philox = 0,
+  /// flora-opt's own seeding: torch's CPU generator (mt19937) seeded per
+  /// projection. Bit-parity with the Python package on the CPU. For CUDA
+  /// parameters the matrix is drawn on the CPU and copied over (a
+  /// synchronising copy), which is what flora-opt does on the CPU; flora-opt
+  /// itself on a GPU uses the device's generator, whose stream depends on the
+  /// GPU model, so no implementation can match it across machines.
+  reference = 1,
+};
+
+struct FLORA_API FloraOptions
+    : public torch::optim::OptimizerCloneableOptions<FloraOptions> {
+  /// The learning rate. Required unless relative_step is true.
+  FloraOptions(std::optional<double> lr = std::nullopt);
+
+  /// Step size. Must be unset when relative_step is true.
+  TORCH_ARG(std::optional<double>, lr);
+  /// Rank r of the random projections of the momentum; unset: no compression.
+  TORCH_ARG(std::optional<int64_t>, rank);
+  /// Resample the projection every kappa steps (momentum carried over).
+  TORCH_ARG(int64_t, kappa) = 1000;
+  typedef std::tuple<double, double> eps_t;
+  /// (eps1 added to g^2, eps2 floor of the parameter RMS scale).
+  TORCH_ARG(eps_t, eps) = std::make_tuple(1e-30, 1e-3);
+  /// Clip the update to this RMS.
+  TORCH_ARG(double, clip_threshold) = 1.0;
+  /// beta2_t = 1 - step^decay_rate.
+  TORCH_ARG(double, decay_rate) = -0.8;
+  /// Momentum coefficient; unset or 0: no first moment.
+  TORCH_ARG(std::optional<double>, beta1);
+  /// Decoupled weight decay: p -= weight_decay * lr_t * p.
+  TORCH_ARG(double, weight_decay) = 0.0;
+  /// Multiply the step size by max(eps2, RMS(p)).
+  TORCH_ARG(bool, scale_parameter) = true;
+  /// lr_t = min(warmup_init ? 1e-6 * step : 1e-2, 1 / sqrt(step)).
+  TORCH_ARG(bool, relative_step) = false;
+  /// Linear warm-up of the relative step; requires relative_step.
+  TORCH_ARG(bool, warmup_init) = false;
+  /// Adafactor's factored (row, column) second moment for 2-d parameters.
+  TORCH_ARG(bool, factorize_second_moment) = true;
+  /// Base seed: the i-th parameter (1-based, counted over all groups in
+  /// order, including those that do not require grad) gets seed + i.
+  TORCH_ARG(int64_t, seed) = 0;
+  /// Keep exp_avg / exp_avg_sq as blockwise 8-bit tensors (not supported
+  /// yet: setting it is an error, never silently ignored).
+  TORCH_ARG(bool, quantization) = false;
+  /// Source of the projection matrices (not in flora-opt, which has only the
+  /// reference behaviour).
+  TORCH_ARG(ProjectionMode, projection) = ProjectionMode::philox;
+  /// Before updating anything, verify that every gradient is finite and throw
+  /// (naming the parameter, leaving parameters and state untouched) if not.
+  /// Costs one host synchronisation per step on a GPU; with false, non-finite
+  /// gradients propagate into parameters and state exactly as in flora-opt
+  /// and torch::optim::Adam.
+  TORCH_ARG(bool, check_finite) = true;
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  FLORA_API friend bool operator==(
+      const FloraOptions& lhs,
+      const FloraOptions& rhs);
+  /// The learning rate, for schedulers. Throws when lr is unset
+  /// (relative_step computes its own step size, which has nothing to scale).
+  double get_lr() const override;
+  void set_lr(const double lr) override;
+};
+
+/// Throws c10::Error (naming the option and its value) unless the options
+/// are usable. `where` prefixes the message, e.g. "param group 2".
+FLORA_API void validate(const FloraOptions& options, const char* where = "FloraOptions");
+
+} // namespace flora

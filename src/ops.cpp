@@ -1,0 +1,88 @@
+// Every flora operator's schema, defined once. Kernels register themselves
+// per backend: src/cpu/*.cpp (CPU) and cuda/*.cu (CUDA).
+
+#include <flora/ops.h>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/library.h>
+
+namespace flora::ops {
+
+TORCH_LIBRARY(flora, m) {
+  m.def("philox_normal_(Tensor(a!) self, int seed, float scale) -> Tensor(a!)");
+  m.def("philox_bits_(Tensor(a!) self, int seed) -> Tensor(a!)");
+  m.def(
+      "second_moment_factored_(Tensor grad, Tensor(a!) exp_avg_sq_row, "
+      "Tensor(b!) exp_avg_sq_col, float beta2, float eps1) -> Tensor");
+  m.def("second_moment_full_(Tensor grad, Tensor(a!) exp_avg_sq, float beta2, float eps1) -> Tensor");
+  m.def(
+      "apply_update_(Tensor(a!) param, Tensor(b!) update, float lr, float eps2, "
+      "bool scale_parameter, float clip_threshold, float weight_decay) -> Tensor");
+}
+
+namespace {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// Raw kernels write through data pointers, which autograd cannot see; bump
+// the version counters so that a tensor saved for backward and then updated
+// is detected, as it is for ATen's in-place ops.
+void bump(const torch::Tensor& t) {
+  if (t.defined() && !t.is_inference()) {
+    torch::autograd::impl::bump_version(t);
+  }
+}
+
+} // namespace
+
+torch::Tensor& philox_normal_(torch::Tensor& out, int64_t seed, double scale) {
+  static const auto handle = op<torch::Tensor&(torch::Tensor&, int64_t, double)>("flora::philox_normal_");
+  handle.call(out, seed, scale);
+  bump(out);
+  return out;
+}
+
+torch::Tensor& philox_bits_(torch::Tensor& out, int64_t seed) {
+  static const auto handle = op<torch::Tensor&(torch::Tensor&, int64_t)>("flora::philox_bits_");
+  handle.call(out, seed);
+  bump(out);
+  return out;
+}
+
+torch::Tensor second_moment_factored_(
+    const torch::Tensor& grad, torch::Tensor& row, torch::Tensor& col, double beta2, double eps1) {
+  static const auto handle =
+      op<torch::Tensor(const torch::Tensor&, torch::Tensor&, torch::Tensor&, double, double)>(
+          "flora::second_moment_factored_");
+  auto update = handle.call(grad, row, col, beta2, eps1);
+  bump(row);
+  bump(col);
+  return update;
+}
+
+torch::Tensor second_moment_full_(
+    const torch::Tensor& grad, torch::Tensor& exp_avg_sq, double beta2, double eps1) {
+  static const auto handle =
+      op<torch::Tensor(const torch::Tensor&, torch::Tensor&, double, double)>("flora::second_moment_full_");
+  auto update = handle.call(grad, exp_avg_sq, beta2, eps1);
+  bump(exp_avg_sq);
+  return update;
+}
+
+torch::Tensor apply_update_(
+    torch::Tensor& param, torch::Tensor& update, double lr, double eps2, bool scale_parameter,
+    double clip_threshold, double weight_decay) {
+  static const auto handle =
+      op<torch::Tensor(torch::Tensor&, torch::Tensor&, double, double, bool, double, double)>(
+          "flora::apply_update_");
+  auto rms = handle.call(param, update, lr, eps2, scale_parameter, clip_threshold, weight_decay);
+  bump(param);
+  bump(update);
+  return rms;
+}
+
+} // namespace flora::ops

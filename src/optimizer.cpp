@@ -1,0 +1,450 @@
+// The Flora step, written once in terms of flora's operators and ATen: it
+// knows nothing about devices; the kernels behind the operators do.
+
+#include <flora/ops.h>
+#include <flora/optimizer.h>
+#include <flora/projection.h>
+
+#include <torch/optim/serialize.h>
+#include <torch/serialize/archive.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+
+namespace flora {
+
+// ---------------------------------------------------------------- state
+
+namespace {
+
+void write_tensor(torch::serialize::OutputArchive& archive, const char* key, const torch::Tensor& t) {
+  if (t.defined()) { // absent in the archive = undefined, as torch does
+    archive.write(key, t);
+  }
+}
+
+torch::Tensor read_tensor(torch::serialize::InputArchive& archive, const char* key) {
+  c10::IValue value;
+  if (!archive.try_read(key, value)) {
+    return {};
+  }
+  TORCH_CHECK(value.isTensor(), "FloraParamState: '", key, "' is not a tensor");
+  return value.toTensor();
+}
+
+bool same_tensor(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.defined() != b.defined()) {
+    return false;
+  }
+  return !a.defined() || (a.sizes() == b.sizes() && a.dtype() == b.dtype() && torch::equal(a.cpu(), b.cpu()));
+}
+
+int64_t tensor_bytes(const torch::Tensor& t) {
+  return t.defined() ? static_cast<int64_t>(t.nbytes()) : 0;
+}
+
+} // namespace
+
+void FloraParamState::serialize(torch::serialize::OutputArchive& archive) const {
+  archive.write("step", c10::IValue(step()));
+  archive.write("seed", c10::IValue(seed()));
+  write_tensor(archive, "rms", rms());
+  write_tensor(archive, "exp_avg", exp_avg());
+  write_tensor(archive, "exp_avg_sq_row", exp_avg_sq_row());
+  write_tensor(archive, "exp_avg_sq_col", exp_avg_sq_col());
+  write_tensor(archive, "exp_avg_sq", exp_avg_sq());
+}
+
+void FloraParamState::serialize(torch::serialize::InputArchive& archive) {
+  c10::IValue step_value;
+  c10::IValue seed_value;
+  TORCH_CHECK(
+      archive.try_read("step", step_value) && step_value.isInt() && archive.try_read("seed", seed_value) &&
+          seed_value.isInt(),
+      "FloraParamState: the archive has no integer 'step' and 'seed' (not a flora::Flora checkpoint?)");
+  FloraParamState s;
+  s.step(step_value.toInt());
+  s.seed(seed_value.toInt());
+  s.rms(read_tensor(archive, "rms"));
+  s.exp_avg(read_tensor(archive, "exp_avg"));
+  s.exp_avg_sq_row(read_tensor(archive, "exp_avg_sq_row"));
+  s.exp_avg_sq_col(read_tensor(archive, "exp_avg_sq_col"));
+  s.exp_avg_sq(read_tensor(archive, "exp_avg_sq"));
+  *this = s;
+}
+
+bool operator==(const FloraParamState& lhs, const FloraParamState& rhs) {
+  return lhs.step() == rhs.step() && lhs.seed() == rhs.seed() && same_tensor(lhs.rms(), rhs.rms()) &&
+      same_tensor(lhs.exp_avg(), rhs.exp_avg()) && same_tensor(lhs.exp_avg_sq_row(), rhs.exp_avg_sq_row()) &&
+      same_tensor(lhs.exp_avg_sq_col(), rhs.exp_avg_sq_col()) && same_tensor(lhs.exp_avg_sq(), rhs.exp_avg_sq());
+}
+
+int64_t FloraParamState::nbytes() const {
+  return tensor_bytes(rms()) + tensor_bytes(exp_avg()) + tensor_bytes(exp_avg_sq_row()) +
+      tensor_bytes(exp_avg_sq_col()) + tensor_bytes(exp_avg_sq());
+}
+
+ParamLayout ParamLayout::of(torch::IntArrayRef shape, const FloraOptions& options) {
+  ParamLayout layout;
+  layout.factored = shape.size() == 2 && options.factorize_second_moment();
+  layout.momentum = options.beta1().has_value() && *options.beta1() > 0;
+  if (layout.momentum && layout.factored && options.rank().has_value() && *options.rank() > 0) {
+    const int64_t small = std::min(shape[0], shape[1]);
+    const int64_t large = std::max(shape[0], shape[1]);
+    layout.compressed = small >= *options.rank() && static_cast<double>(large) / static_cast<double>(small) <= 4.0;
+  }
+  return layout;
+}
+
+namespace {
+
+std::vector<int64_t> compressed_momentum_shape(torch::IntArrayRef shape, int64_t rank) {
+  return shape[0] < shape[1] ? std::vector<int64_t>{rank, shape[1]} : std::vector<int64_t>{shape[0], rank};
+}
+
+std::string describe(int64_t index, size_t group, size_t position, const torch::Tensor& param) {
+  std::ostringstream out;
+  out << "parameter " << index << " (param group " << group << ", position " << position << ", shape "
+      << param.sizes() << ")";
+  return out.str();
+}
+
+void check_gradient(const torch::Tensor& param, const torch::Tensor& grad, const std::string& who) {
+  TORCH_CHECK(!grad.is_sparse(), "Flora: the gradient of ", who, " is sparse; Flora does not support sparse gradients");
+  TORCH_CHECK(
+      !param.is_complex() && !grad.is_complex(),
+      "Flora: ", who, " or its gradient is complex (", param.scalar_type(), "); Flora supports real parameters only");
+  const auto dtype = param.scalar_type();
+  TORCH_CHECK(
+      dtype == torch::kFloat || dtype == torch::kHalf || dtype == torch::kBFloat16,
+      "Flora: ", who, " has dtype ", dtype, "; Flora supports float32, float16 and bfloat16 parameters");
+  TORCH_CHECK(
+      grad.sizes() == param.sizes(),
+      "Flora: the gradient of ", who, " has shape ", grad.sizes(), ", different from the parameter's");
+  TORCH_CHECK(
+      grad.scalar_type() == dtype,
+      "Flora: the gradient of ", who, " has dtype ", grad.scalar_type(), ", the parameter ", dtype);
+  TORCH_CHECK(
+      grad.device() == param.device(),
+      "Flora: the gradient of ", who, " is on ", grad.device(), ", the parameter on ", param.device());
+}
+
+struct PendingUpdate {
+  torch::Tensor param; // shares storage with the parameter in its group
+  torch::Tensor grad;
+  const FloraOptions* options;
+  int64_t index; // 1-based position over all groups: the seed offset
+  std::string who;
+};
+
+// One reduction per gradient and one host read for the whole step.
+void check_all_finite(const std::vector<PendingUpdate>& pending) {
+  std::vector<torch::Tensor> grads;
+  std::vector<const PendingUpdate*> owners;
+  for (const auto& p : pending) {
+    if (p.options->check_finite()) {
+      grads.push_back(p.grad);
+      owners.push_back(&p);
+    }
+  }
+  if (grads.empty()) {
+    return;
+  }
+  const auto norms = torch::_foreach_norm(grads, std::numeric_limits<double>::infinity());
+  std::vector<torch::Tensor> flags;
+  flags.reserve(norms.size());
+  for (const auto& n : norms) {
+    flags.push_back(n.isfinite().to(torch::kCPU, /*non_blocking=*/false));
+  }
+  const auto finite = torch::stack(flags);
+  if (finite.all().item<bool>()) {
+    return;
+  }
+  for (size_t i = 0; i < owners.size(); ++i) {
+    TORCH_CHECK(
+        finite[static_cast<int64_t>(i)].item<bool>(),
+        "Flora: the gradient of ", owners[i]->who,
+        " contains NaN or Inf; no parameter or state was changed. Skip this step (e.g. after an fp16 "
+        "overflow), or set check_finite(false) to let non-finite values propagate as torch::optim::Adam does");
+  }
+}
+
+} // namespace
+
+// ---------------------------------------------------------------- optimizer
+
+Flora::Flora(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, FloraOptions defaults)
+    : Optimizer(param_groups, std::make_unique<FloraOptions>(defaults)) {
+  validate(defaults, "Flora");
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const std::string where = "Flora: param group " + std::to_string(g);
+    validate(static_cast<const FloraOptions&>(param_groups_[g].options()), where.c_str());
+  }
+}
+
+Flora::Flora(std::vector<torch::Tensor> params, FloraOptions defaults)
+    : Flora({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+torch::Tensor Flora::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure != nullptr) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+
+  // Check everything before touching anything.
+  std::vector<PendingUpdate> pending;
+  int64_t index = 0;
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const auto& options = static_cast<const FloraOptions&>(param_groups_[g].options());
+    const std::string where = "Flora: param group " + std::to_string(g);
+    validate(options, where.c_str());
+    const auto& params = param_groups_[g].params();
+    for (size_t i = 0; i < params.size(); ++i) {
+      ++index;
+      const auto& param = params[i];
+      const auto& grad = param.grad();
+      if (!grad.defined() || param.numel() == 0) {
+        continue;
+      }
+      auto who = describe(index, g, i, param);
+      check_gradient(param, grad, who);
+      pending.push_back({param, grad, &options, index, std::move(who)});
+    }
+  }
+  check_all_finite(pending);
+
+  for (auto& p : pending) {
+    auto& slot = state_[p.param.unsafeGetTensorImpl()];
+    if (!slot) {
+      auto fresh = std::make_unique<FloraParamState>();
+      fresh->seed(p.options->seed() + p.index);
+      slot = std::move(fresh);
+    }
+    update_parameter(p.param, p.grad, static_cast<FloraParamState&>(*slot), *p.options);
+  }
+  return loss;
+}
+
+void Flora::update_parameter(
+    torch::Tensor& param, const torch::Tensor& grad, FloraParamState& state, const FloraOptions& options) {
+  const auto shape = grad.sizes();
+  const auto layout = ParamLayout::of(shape, options);
+  const auto fp32 = param.options().dtype(torch::kFloat);
+
+  if (state.step() == 0) {
+    if (layout.momentum) {
+      state.exp_avg(
+          layout.compressed ? torch::zeros(compressed_momentum_shape(shape, *options.rank()), fp32)
+                            : torch::zeros(shape, fp32));
+    }
+    if (layout.factored) {
+      state.exp_avg_sq_row(torch::zeros({shape[0]}, fp32));
+      state.exp_avg_sq_col(torch::zeros({shape[1]}, fp32));
+    } else {
+      state.exp_avg_sq(torch::zeros(shape, fp32));
+    }
+  }
+  const int64_t step = state.step() + 1;
+  state.step(step);
+
+  const auto [eps1, eps2] = options.eps();
+  const double beta2 = 1.0 - std::pow(static_cast<double>(step), options.decay_rate());
+  double lr = 0.0;
+  if (options.relative_step()) {
+    const double ceiling = options.warmup_init() ? 1e-6 * static_cast<double>(step) : 1e-2;
+    lr = std::min(ceiling, 1.0 / std::sqrt(static_cast<double>(step)));
+  } else {
+    lr = *options.lr();
+  }
+
+  torch::Tensor update;
+  if (layout.factored) {
+    auto& row = state.exp_avg_sq_row();
+    auto& col = state.exp_avg_sq_col();
+    update = ops::second_moment_factored_(grad, row, col, beta2, eps1);
+  } else {
+    auto& v = state.exp_avg_sq();
+    update = ops::second_moment_full_(grad, v, beta2, eps1);
+  }
+
+  if (layout.momentum) {
+    const double b1 = *options.beta1();
+    auto& m = state.exp_avg();
+    if (!layout.compressed) {
+      // (1 - b1) u + b1 m, rounded as flora-opt rounds it.
+      update.mul_(1.0 - b1);
+      m.mul_(b1).add_(update);
+      update.copy_(m);
+    } else {
+      const int64_t rank = *options.rank();
+      auto projection = [&](int64_t seed) {
+        return Projection(seed, shape[0], shape[1], rank, options.projection(), Projection::Seeding::split, fp32);
+      };
+      // Reference mode rounds as flora-opt does (separate products and
+      // sums): a momentum re-projected every few steps is ill-conditioned
+      // enough that GEMM-folded rounding drifts ~1e-6 from it. Otherwise the
+      // mixing is folded into the GEMMs (alpha/beta), saving passes and
+      // temporaries.
+      const bool reference_rounding = options.projection() == ProjectionMode::reference;
+      const bool resample = step % options.kappa() == 0;
+      Projection current = projection(state.seed());
+      torch::Tensor carried; // up(m) in the current basis
+      torch::Tensor mixed; // (1 - b1) u + b1 up(m)
+      if (resample || reference_rounding) {
+        carried = current.up(m);
+      }
+      if (reference_rounding) {
+        mixed = (carried * b1).add_(update * (1.0 - b1));
+      } else if (!resample) {
+        mixed = current.up_add(update, m, 1.0 - b1, b1);
+      }
+      if (resample) {
+        // Carry the momentum into the new basis: m <- down'(up(m)).
+        state.seed(next_seed(state.seed(), options.projection()));
+        current = projection(state.seed());
+        m.copy_(current.down(carried));
+        if (!reference_rounding) {
+          mixed = carried.mul_(b1).add_(update, 1.0 - b1);
+        }
+      }
+      if (reference_rounding) {
+        m.mul_(b1).add_(current.down(update).mul_(1.0 - b1));
+      } else {
+        current.down_add_(m, update, b1, 1.0 - b1);
+      }
+      update = std::move(mixed);
+    }
+  }
+
+  state.rms(ops::apply_update_(
+      param, update, lr, eps2, options.scale_parameter(), options.clip_threshold(), options.weight_decay()));
+}
+
+int64_t Flora::state_bytes() const {
+  int64_t total = 0;
+  for (const auto& entry : state_) {
+    total += static_cast<const FloraParamState&>(*entry.second).nbytes();
+  }
+  return total;
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+void Flora::save(torch::serialize::OutputArchive& archive) const {
+  torch::optim::serialize<FloraParamState, FloraOptions>(archive, *this);
+  archive.write("flora_format", c10::IValue(static_cast<int64_t>(1)));
+}
+
+namespace {
+
+void expect_state_tensor(
+    const torch::Tensor& t, const char* name, bool wanted, torch::IntArrayRef shape, const std::string& who) {
+  if (!wanted) {
+    TORCH_CHECK(!t.defined(), "Flora::load: ", who, " has an unexpected '", name, "' in the checkpoint");
+    return;
+  }
+  TORCH_CHECK(t.defined(), "Flora::load: ", who, " has no '", name, "' in the checkpoint");
+  TORCH_CHECK(
+      t.sizes() == shape, "Flora::load: ", who, ": '", name, "' has shape ", t.sizes(), ", expected ", shape,
+      " (was the checkpoint written for other parameters or options?)");
+  TORCH_CHECK(
+      t.scalar_type() == torch::kFloat, "Flora::load: ", who, ": '", name, "' has dtype ", t.scalar_type(),
+      ", expected float32");
+}
+
+void check_loaded_state(
+    const FloraParamState& s, const torch::Tensor& param, const FloraOptions& options, const std::string& who) {
+  TORCH_CHECK(s.step() >= 0, "Flora::load: ", who, " has a negative step count ", s.step());
+  if (s.step() == 0) {
+    return; // a fresh state (seed assigned, nothing accumulated yet)
+  }
+  const auto shape = param.sizes();
+  const auto layout = ParamLayout::of(shape, options);
+  expect_state_tensor(s.rms(), "rms", true, {}, who);
+  const auto momentum_shape =
+      layout.compressed ? compressed_momentum_shape(shape, *options.rank()) : shape.vec();
+  expect_state_tensor(s.exp_avg(), "exp_avg", layout.momentum, momentum_shape, who);
+  expect_state_tensor(s.exp_avg_sq_row(), "exp_avg_sq_row", layout.factored, layout.factored ? shape.slice(0, 1) : shape, who);
+  expect_state_tensor(
+      s.exp_avg_sq_col(), "exp_avg_sq_col", layout.factored, layout.factored ? shape.slice(1, 1) : shape, who);
+  expect_state_tensor(s.exp_avg_sq(), "exp_avg_sq", !layout.factored, shape, who);
+}
+
+torch::Tensor to_device(const torch::Tensor& t, const torch::Device& device) {
+  return t.defined() ? t.to(device) : t;
+}
+
+} // namespace
+
+void Flora::load(torch::serialize::InputArchive& archive) {
+  using StateMap = ska::flat_hash_map<void*, std::unique_ptr<torch::optim::OptimizerParamState>>;
+  using SavedGroups =
+      std::vector<std::pair<std::vector<std::string>, std::unique_ptr<torch::optim::OptimizerOptions>>>;
+
+  // 1. Read everything into temporaries.
+  StateMap saved_state;
+  SavedGroups saved_groups;
+  try {
+    c10::IValue format;
+    TORCH_CHECK(
+        archive.try_read("flora_format", format) && format.isInt() && format.toInt() == 1,
+        "no 'flora_format' 1 entry (written by another optimizer?)");
+    torch::serialize::InputArchive state_archive;
+    archive.read("state", state_archive);
+    torch::optim::detail::serialize<FloraParamState>(state_archive, saved_state);
+    torch::serialize::InputArchive groups_archive;
+    archive.read("param_groups", groups_archive);
+    torch::optim::detail::serialize<FloraOptions>(groups_archive, saved_groups);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "Flora::load: not a readable flora::Flora checkpoint: ", e.what_without_backtrace());
+  }
+
+  // 2. Validate against this optimizer's parameters.
+  TORCH_CHECK(
+      saved_groups.size() == param_groups_.size(), "Flora::load: the checkpoint has ", saved_groups.size(),
+      " param groups, this optimizer ", param_groups_.size());
+  StateMap next_state;
+  int64_t index = 0;
+  for (size_t g = 0; g < saved_groups.size(); ++g) {
+    const auto& keys = saved_groups[g].first;
+    const auto& params = param_groups_[g].params();
+    TORCH_CHECK(
+        keys.size() == params.size(), "Flora::load: param group ", g, " has ", keys.size(),
+        " parameters in the checkpoint, ", params.size(), " in this optimizer");
+    const auto& options = static_cast<const FloraOptions&>(*saved_groups[g].second);
+    const std::string where = "Flora::load: param group " + std::to_string(g);
+    validate(options, where.c_str());
+    for (size_t i = 0; i < params.size(); ++i) {
+      ++index;
+      void* old_key = reinterpret_cast<void*>(std::stoull(keys[i])); // NOLINT(performance-no-int-to-ptr)
+      auto found = saved_state.find(old_key);
+      if (found == saved_state.end()) {
+        continue;
+      }
+      const auto& saved = static_cast<const FloraParamState&>(*found->second);
+      check_loaded_state(saved, params[i], options, describe(index, g, i, params[i]));
+      auto moved = std::make_unique<FloraParamState>(saved);
+      const auto device = params[i].device();
+      moved->rms(to_device(saved.rms(), device));
+      moved->exp_avg(to_device(saved.exp_avg(), device));
+      moved->exp_avg_sq_row(to_device(saved.exp_avg_sq_row(), device));
+      moved->exp_avg_sq_col(to_device(saved.exp_avg_sq_col(), device));
+      moved->exp_avg_sq(to_device(saved.exp_avg_sq(), device));
+      next_state[params[i].unsafeGetTensorImpl()] = std::move(moved);
+    }
+  }
+
+  // 3. Commit (nothing below throws).
+  state_ = std::move(next_state);
+  for (size_t g = 0; g < saved_groups.size(); ++g) {
+    static_cast<FloraOptions&>(param_groups_[g].options()) = static_cast<const FloraOptions&>(*saved_groups[g].second);
+  }
+}
+
+} // namespace flora
