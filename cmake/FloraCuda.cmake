@@ -2,8 +2,7 @@
 #   FLORA_CUDA=OFF  : CPU-only library (the CPU kernels serve every op).
 #   FLORA_CUDA=ON   : require a CUDA-enabled LibTorch and nvcc.
 #   FLORA_CUDA=AUTO : compile them when both are present.
-# Architectures: sm_90 (H100) plus PTX for newer cards, unless the user sets
-# CMAKE_CUDA_ARCHITECTURES; nothing is guessed from the build machine.
+# Architectures come from TORCH_CUDA_ARCH_LIST (see FloraTorch.cmake).
 set(FLORA_WITH_CUDA OFF)
 if(NOT FLORA_CUDA STREQUAL "OFF")
   set(_flora_torch_has_cuda OFF)
@@ -23,14 +22,11 @@ if(NOT FLORA_CUDA STREQUAL "OFF")
 endif()
 
 if(FLORA_WITH_CUDA)
-  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-    set(CMAKE_CUDA_ARCHITECTURES 90-real 90-virtual)
-  endif()
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
-  message(STATUS "flora: CUDA kernels ON (${CMAKE_CUDA_COMPILER}, architectures ${CMAKE_CUDA_ARCHITECTURES})")
+  message(STATUS "flora: CUDA kernels ON (${CMAKE_CUDA_COMPILER}, TORCH_CUDA_ARCH_LIST ${TORCH_CUDA_ARCH_LIST})")
 else()
   message(STATUS "flora: CUDA kernels OFF (CPU kernels only)")
 endif()

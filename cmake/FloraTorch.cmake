@@ -3,6 +3,15 @@
 # Any LibTorch works: point CMAKE_PREFIX_PATH or Torch_DIR at it. Without a
 # hint we ask a Python interpreter that has torch (FLORA_PYTHON, else the
 # cache that scripts/setup.sh fills, else python3 on PATH) for its CMake prefix.
+# A CUDA LibTorch's CMake config adds -gencode flags to CMAKE_CUDA_FLAGS for
+# TORCH_CUDA_ARCH_LIST (by default a long list including architectures that
+# CUDA 13 no longer supports). flora targets sm_90 (H100) plus PTX for newer
+# cards unless told otherwise; nothing is guessed from the build machine.
+set(FLORA_CUDA_ARCH_LIST "9.0+PTX" CACHE STRING "CUDA architectures (TORCH_CUDA_ARCH_LIST syntax)")
+if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  set(TORCH_CUDA_ARCH_LIST "${FLORA_CUDA_ARCH_LIST}")
+endif()
+
 if(NOT Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
   find_package(Torch QUIET CONFIG)
   if(NOT Torch_FOUND)

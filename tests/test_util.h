@@ -5,7 +5,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
 #include <string>
+#include <vector>
+
+#include <dirent.h>
+#include <ftw.h>
+#include <unistd.h>
 
 namespace flora::testing {
 
@@ -44,5 +50,50 @@ inline torch::Tensor randn_like_seeded(const torch::Tensor& like, uint64_t seed)
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   return torch::randn(like.sizes(), gen).to(like.scalar_type());
 }
+
+/// A temporary directory, removed with its contents at the end of the scope.
+/// (POSIX calls, not <filesystem>: the LibTorch wheels export their own
+/// statically linked std::filesystem symbols, pytorch/pytorch#133437, and a
+/// program linked against them can crash calling std::filesystem.)
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = "/tmp/flora-test-XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      throw std::runtime_error("mkdtemp failed");
+    }
+    path_ = pattern;
+  }
+  ~TempDir() {
+    ::nftw(path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+           FTW_DEPTH | FTW_PHYS);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const {
+    return path_;
+  }
+  std::string file(const std::string& name) const {
+    return path_ + "/" + name;
+  }
+  /// Names of the entries in the directory (not . and ..).
+  std::vector<std::string> entries() const {
+    std::vector<std::string> names;
+    if (DIR* d = ::opendir(path_.c_str())) {
+      while (const dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name != "." && name != "..") {
+          names.push_back(name);
+        }
+      }
+      ::closedir(d);
+    }
+    return names;
+  }
+
+ private:
+  std::string path_;
+};
 
 } // namespace flora::testing
