@@ -19,6 +19,10 @@ TORCH_LIBRARY(flora, m) {
   m.def(
       "apply_update_(Tensor(a!) param, Tensor(b!) update, float lr, float eps2, "
       "bool scale_parameter, float clip_threshold, float weight_decay) -> Tensor");
+  m.def(
+      "full_moment_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg_sqs, "
+      "Tensor(c!)[] exp_avgs, float[] beta2s, float[] lrs, float eps1, float eps2, float beta1, "
+      "bool scale_parameter, float clip_threshold, float weight_decay) -> Tensor[]");
 }
 
 namespace {
@@ -82,6 +86,24 @@ torch::Tensor apply_update_(
   auto rms = handle.call(param, update, lr, eps2, scale_parameter, clip_threshold, weight_decay);
   bump(param);
   bump(update);
+  return rms;
+}
+
+std::vector<torch::Tensor> full_moment_step_(
+    torch::TensorList params, torch::TensorList grads, torch::TensorList exp_avg_sqs,
+    torch::TensorList exp_avgs, c10::ArrayRef<double> beta2s, c10::ArrayRef<double> lrs, double eps1,
+    double eps2, double beta1, bool scale_parameter, double clip_threshold, double weight_decay) {
+  static const auto handle = op<std::vector<torch::Tensor>(
+      torch::TensorList, torch::TensorList, torch::TensorList, torch::TensorList, c10::ArrayRef<double>,
+      c10::ArrayRef<double>, double, double, double, bool, double, double)>("flora::full_moment_step_");
+  auto rms = handle.call(
+      params, grads, exp_avg_sqs, exp_avgs, beta2s, lrs, eps1, eps2, beta1, scale_parameter, clip_threshold,
+      weight_decay);
+  for (const auto& list : {params, exp_avg_sqs, exp_avgs}) {
+    for (const auto& t : list) {
+      bump(t);
+    }
+  }
   return rms;
 }
 

@@ -173,6 +173,69 @@ void check_all_finite(const std::vector<PendingUpdate>& pending) {
   }
 }
 
+void initialize_state(
+    FloraParamState& state, const ParamLayout& layout, torch::IntArrayRef shape, const FloraOptions& options,
+    const torch::TensorOptions& fp32) {
+  if (layout.momentum) {
+    state.exp_avg(
+        layout.compressed ? torch::zeros(compressed_momentum_shape(shape, *options.rank()), fp32)
+                          : torch::zeros(shape, fp32));
+  }
+  if (layout.factored) {
+    state.exp_avg_sq_row(torch::zeros({shape[0]}, fp32));
+    state.exp_avg_sq_col(torch::zeros({shape[1]}, fp32));
+  } else {
+    state.exp_avg_sq(torch::zeros(shape, fp32));
+  }
+}
+
+// beta2_t = 1 - t^decay_rate.
+double beta2_at(int64_t step, const FloraOptions& options) {
+  return 1.0 - std::pow(static_cast<double>(step), options.decay_rate());
+}
+
+// lr, or the relative step min(warmup_init ? 1e-6 t : 1e-2, 1 / sqrt(t)); the
+// parameter-RMS scale is applied on the device by apply_update_.
+double step_size_at(int64_t step, const FloraOptions& options) {
+  if (!options.relative_step()) {
+    return *options.lr();
+  }
+  const double ceiling = options.warmup_init() ? 1e-6 * static_cast<double>(step) : 1e-2;
+  return std::min(ceiling, 1.0 / std::sqrt(static_cast<double>(step)));
+}
+
+// The parameters of one full_moment_step_ call.
+struct FullMomentBatch {
+  const FloraOptions* options;
+  std::vector<torch::Tensor> params, grads, exp_avg_sqs, exp_avgs;
+  std::vector<double> beta2s, lrs;
+  std::vector<FloraParamState*> states;
+  bool momentum = false;
+
+  void add(const torch::Tensor& param, const torch::Tensor& grad, FloraParamState& state, bool with_momentum) {
+    momentum = with_momentum; // the same for the whole batch: beta1 is per group
+    params.push_back(param);
+    grads.push_back(grad);
+    exp_avg_sqs.push_back(state.exp_avg_sq());
+    if (with_momentum) {
+      exp_avgs.push_back(state.exp_avg());
+    }
+    beta2s.push_back(beta2_at(state.step(), *options));
+    lrs.push_back(step_size_at(state.step(), *options));
+    states.push_back(&state);
+  }
+
+  void run() {
+    const auto [eps1, eps2] = options->eps();
+    const auto rms = ops::full_moment_step_(
+        params, grads, exp_avg_sqs, exp_avgs, beta2s, lrs, eps1, eps2, momentum ? *options->beta1() : 0.0,
+        options->scale_parameter(), options->clip_threshold(), options->weight_decay());
+    for (size_t i = 0; i < states.size(); ++i) {
+      states[i]->rms(rms[i]);
+    }
+  }
+};
+
 } // namespace
 
 // ---------------------------------------------------------------- optimizer
@@ -219,6 +282,10 @@ torch::Tensor Flora::step(LossClosure closure) {
   }
   check_all_finite(pending);
 
+  // Parameters on the full-second-moment path (biases, norms, embeddings
+  // when not factored, higher-rank tensors) are updated together, one call per
+  // (options, device, dtype): on CUDA that is two launches for all of them.
+  std::vector<FullMomentBatch> batches;
   for (auto& p : pending) {
     auto& slot = state_[p.param.unsafeGetTensorImpl()];
     if (!slot) {
@@ -226,52 +293,43 @@ torch::Tensor Flora::step(LossClosure closure) {
       fresh->seed(p.options->seed() + p.index);
       slot = std::move(fresh);
     }
-    update_parameter(p.param, p.grad, static_cast<FloraParamState&>(*slot), *p.options);
+    auto& state = static_cast<FloraParamState&>(*slot);
+    const auto layout = ParamLayout::of(p.grad.sizes(), *p.options);
+    if (state.step() == 0) {
+      initialize_state(state, layout, p.grad.sizes(), *p.options, p.param.options().dtype(torch::kFloat));
+    }
+    state.step(state.step() + 1);
+    if (layout.factored) {
+      update_factored(p.param, p.grad, state, *p.options, layout);
+      continue;
+    }
+    auto batch = std::find_if(batches.begin(), batches.end(), [&](const FullMomentBatch& b) {
+      return b.options == p.options && b.params.front().device() == p.param.device() &&
+          b.params.front().scalar_type() == p.param.scalar_type();
+    });
+    if (batch == batches.end()) {
+      batches.push_back(FullMomentBatch{p.options});
+      batch = std::prev(batches.end());
+    }
+    batch->add(p.param, p.grad, state, layout.momentum);
+  }
+  for (auto& batch : batches) {
+    batch.run();
   }
   return loss;
 }
 
-void Flora::update_parameter(
-    torch::Tensor& param, const torch::Tensor& grad, FloraParamState& state, const FloraOptions& options) {
+void Flora::update_factored(
+    torch::Tensor& param, const torch::Tensor& grad, FloraParamState& state, const FloraOptions& options,
+    const ParamLayout& layout) {
   const auto shape = grad.sizes();
-  const auto layout = ParamLayout::of(shape, options);
   const auto fp32 = param.options().dtype(torch::kFloat);
+  const int64_t step = state.step();
+  const double eps1 = std::get<0>(options.eps());
 
-  if (state.step() == 0) {
-    if (layout.momentum) {
-      state.exp_avg(
-          layout.compressed ? torch::zeros(compressed_momentum_shape(shape, *options.rank()), fp32)
-                            : torch::zeros(shape, fp32));
-    }
-    if (layout.factored) {
-      state.exp_avg_sq_row(torch::zeros({shape[0]}, fp32));
-      state.exp_avg_sq_col(torch::zeros({shape[1]}, fp32));
-    } else {
-      state.exp_avg_sq(torch::zeros(shape, fp32));
-    }
-  }
-  const int64_t step = state.step() + 1;
-  state.step(step);
-
-  const auto [eps1, eps2] = options.eps();
-  const double beta2 = 1.0 - std::pow(static_cast<double>(step), options.decay_rate());
-  double lr = 0.0;
-  if (options.relative_step()) {
-    const double ceiling = options.warmup_init() ? 1e-6 * static_cast<double>(step) : 1e-2;
-    lr = std::min(ceiling, 1.0 / std::sqrt(static_cast<double>(step)));
-  } else {
-    lr = *options.lr();
-  }
-
-  torch::Tensor update;
-  if (layout.factored) {
-    auto& row = state.exp_avg_sq_row();
-    auto& col = state.exp_avg_sq_col();
-    update = ops::second_moment_factored_(grad, row, col, beta2, eps1);
-  } else {
-    auto& v = state.exp_avg_sq();
-    update = ops::second_moment_full_(grad, v, beta2, eps1);
-  }
+  auto& row = state.exp_avg_sq_row();
+  auto& col = state.exp_avg_sq_col();
+  torch::Tensor update = ops::second_moment_factored_(grad, row, col, beta2_at(step, options), eps1);
 
   if (layout.momentum) {
     const double b1 = *options.beta1();
@@ -323,7 +381,8 @@ void Flora::update_parameter(
   }
 
   state.rms(ops::apply_update_(
-      param, update, lr, eps2, options.scale_parameter(), options.clip_threshold(), options.weight_decay()));
+      param, update, step_size_at(step, options), std::get<1>(options.eps()), options.scale_parameter(),
+      options.clip_threshold(), options.weight_decay()));
 }
 
 int64_t Flora::state_bytes() const {

@@ -11,6 +11,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace flora::ops {
 
@@ -56,6 +57,28 @@ FLORA_API torch::Tensor apply_update_(
     torch::Tensor& update,
     double lr,
     double eps2,
+    bool scale_parameter,
+    double clip_threshold,
+    double weight_decay);
+
+/// The whole step for a list of parameters that use the full (not factored)
+/// second moment and, if exp_avgs is not empty, an uncompressed momentum:
+/// for each i, with u = rsqrt(v_i') * grad_i where
+/// v_i' = beta2s[i] v_i + (1 - beta2s[i]) (grad_i^2 + eps1),
+///   update = exp_avgs empty ? u : (m_i' = (1 - beta1) u + beta1 m_i)
+/// followed by apply_update_(params[i], update, lrs[i], ...). On CUDA it is two
+/// multi-tensor launches for all of them, whatever their number: the path of
+/// biases and norm weights. Returns RMS(param_i) before the update (0-d each).
+FLORA_API std::vector<torch::Tensor> full_moment_step_(
+    torch::TensorList params,
+    torch::TensorList grads,
+    torch::TensorList exp_avg_sqs,
+    torch::TensorList exp_avgs,
+    c10::ArrayRef<double> beta2s,
+    c10::ArrayRef<double> lrs,
+    double eps1,
+    double eps2,
+    double beta1,
     bool scale_parameter,
     double clip_threshold,
     double weight_decay);

@@ -82,11 +82,12 @@ class FLORA_API Flora : public torch::optim::Optimizer {
   int64_t state_bytes() const;
 
  private:
-  void update_parameter(
+  void update_factored(
       torch::Tensor& param,
       const torch::Tensor& grad,
       FloraParamState& state,
-      const FloraOptions& options);
+      const FloraOptions& options,
+      const ParamLayout& layout);
 };
 
 } // namespace flora
