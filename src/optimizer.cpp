@@ -206,6 +206,8 @@ double step_size_at(int64_t step, const FloraOptions& options) {
 
 // The parameters of one full_moment_step_ call.
 struct FullMomentBatch {
+  explicit FullMomentBatch(const FloraOptions* group_options) : options(group_options) {}
+
   const FloraOptions* options;
   std::vector<torch::Tensor> params, grads, exp_avg_sqs, exp_avgs;
   std::vector<double> beta2s, lrs;

@@ -3,75 +3,19 @@
 // the real package. Here ProjectionMode::reference must reproduce its
 // parameters and state after every step to 1e-6 relative error.
 
+#include "parity_fixture.h"
 #include "test_util.h"
 
 #include <flora/flora.h>
 
-#include <torch/serialize.h>
-
-#include <fstream>
-#include <iterator>
 
 namespace {
 
+using flora::testing::fixture_get;
+using flora::testing::ParityFixture;
 using flora::testing::relative_error;
 
 constexpr double kTolerance = 1e-6;
-
-c10::IValue load_fixture(const std::string& name) {
-  const std::string path = std::string(FLORA_FIXTURE_DIR) + "/parity/" + name + ".pt";
-  std::ifstream file(path, std::ios::binary);
-  EXPECT_TRUE(file.good()) << "missing fixture " << path;
-  std::vector<char> data((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  return torch::pickle_load(data);
-}
-
-c10::IValue get(const c10::IValue& dict, const std::string& key) {
-  const auto d = dict.toGenericDict();
-  auto it = d.find(key);
-  if (it == d.end()) {
-    return c10::IValue();
-  }
-  return it->value();
-}
-
-// Applies the keys present in `kwargs` (flora-opt constructor names).
-void apply(flora::FloraOptions& o, const c10::IValue& kwargs) {
-  for (const auto& entry : kwargs.toGenericDict()) {
-    const std::string key = entry.key().toStringRef();
-    const c10::IValue& v = entry.value();
-    if (key == "lr") {
-      o.lr(v.toOptional<double>());
-    } else if (key == "rank") {
-      o.rank(v.toOptional<int64_t>());
-    } else if (key == "kappa") {
-      o.kappa(v.toInt());
-    } else if (key == "eps") {
-      const auto t = v.toTupleRef().elements();
-      o.eps(std::make_tuple(t[0].toDouble(), t[1].toDouble()));
-    } else if (key == "clip_threshold") {
-      o.clip_threshold(v.toDouble());
-    } else if (key == "decay_rate") {
-      o.decay_rate(v.toDouble());
-    } else if (key == "beta1") {
-      o.beta1(v.toOptional<double>());
-    } else if (key == "weight_decay") {
-      o.weight_decay(v.toDouble());
-    } else if (key == "scale_parameter") {
-      o.scale_parameter(v.toBool());
-    } else if (key == "relative_step") {
-      o.relative_step(v.toBool());
-    } else if (key == "warmup_init") {
-      o.warmup_init(v.toBool());
-    } else if (key == "factorize_second_moment") {
-      o.factorize_second_moment(v.toBool());
-    } else if (key == "seed") {
-      o.seed(v.toInt());
-    } else {
-      FAIL() << "unknown option in fixture: " << key;
-    }
-  }
-}
 
 double worst_error = 0.0; // over one fixture, reported at its end
 
@@ -86,43 +30,18 @@ void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, co
 class Parity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Parity, MatchesFloraOptEveryStep) {
-  const auto fixture = load_fixture(GetParam());
-  ASSERT_TRUE(fixture.isGenericDict());
+  const auto fixture = ParityFixture::load(GetParam());
   worst_error = 0.0;
+  auto params = fixture.initial_params();
+  auto optimizer_ptr = fixture.make_optimizer(params, flora::ProjectionMode::reference);
+  auto& optimizer = *optimizer_ptr;
 
-  const auto initial = get(fixture, "params").toList();
-  const auto requires_grad = get(fixture, "requires_grad").toList();
-  std::vector<torch::Tensor> params;
-  for (size_t i = 0; i < initial.size(); ++i) {
-    params.push_back(initial.get(i).toTensor().clone().requires_grad_(requires_grad.get(i).toBool()));
-  }
-
-  flora::FloraOptions defaults;
-  apply(defaults, get(fixture, "options"));
-  defaults.projection(flora::ProjectionMode::reference);
-
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  for (const c10::IValue group : get(fixture, "groups").toList()) {
-    std::vector<torch::Tensor> members;
-    for (const auto& index : get(group, "params").toList()) {
-      members.push_back(params.at(static_cast<c10::IValue>(index).toInt()));
-    }
-    auto options = std::make_unique<flora::FloraOptions>(defaults);
-    apply(*options, get(group, "options"));
-    groups.emplace_back(std::move(members), std::move(options));
-  }
-  flora::Flora optimizer(groups, defaults);
-
-  const auto grads = get(fixture, "grads").toList();
-  const auto params_after = get(fixture, "params_after").toList();
-  const auto state_after = get(fixture, "state_after").toList();
-  ASSERT_GE(grads.size(), 10u);
-  for (size_t step = 0; step < grads.size(); ++step) {
-    const auto step_grads = grads.get(step).toList();
-    for (size_t i = 0; i < params.size(); ++i) {
-      const auto g = step_grads.get(i);
-      params[i].mutable_grad() = g.isNone() ? torch::Tensor() : g.toTensor().clone();
-    }
+  const auto params_after = fixture.get("params_after").toList();
+  const auto state_after = fixture.get("state_after").toList();
+  const size_t steps = fixture.steps();
+  ASSERT_GE(steps, 10u);
+  for (size_t step = 0; step < steps; ++step) {
+    fixture.set_grads(params, step);
     optimizer.step();
 
     const auto expected_params = params_after.get(step).toList();
@@ -135,7 +54,7 @@ TEST_P(Parity, MatchesFloraOptEveryStep) {
 
       const auto expected = expected_states.get(i);
       auto found = optimizer.state().find(params[i].unsafeGetTensorImpl());
-      const bool has_steps = !get(expected, "step").isNone();
+      const bool has_steps = !fixture_get(expected, "step").isNone();
       if (!has_steps) {
         // flora-opt keeps only a seed for parameters that never had a gradient.
         EXPECT_TRUE(found == optimizer.state().end() ||
@@ -145,16 +64,16 @@ TEST_P(Parity, MatchesFloraOptEveryStep) {
       }
       ASSERT_TRUE(found != optimizer.state().end()) << where << " has no state";
       const auto& state = static_cast<const flora::FloraParamState&>(*found->second);
-      EXPECT_EQ(state.step(), get(expected, "step").toInt()) << where;
-      EXPECT_EQ(state.seed(), get(expected, "seed").toInt()) << where;
-      expect_close(state.rms(), get(expected, "RMS").toTensor(), where + " RMS");
+      EXPECT_EQ(state.step(), fixture_get(expected, "step").toInt()) << where;
+      EXPECT_EQ(state.seed(), fixture_get(expected, "seed").toInt()) << where;
+      expect_close(state.rms(), fixture_get(expected, "RMS").toTensor(), where + " RMS");
       const std::pair<const char*, torch::Tensor> tensors[] = {
           {"exp_avg", state.exp_avg()},
           {"exp_avg_sq_row", state.exp_avg_sq_row()},
           {"exp_avg_sq_col", state.exp_avg_sq_col()},
           {"exp_avg_sq", state.exp_avg_sq()}};
       for (const auto& [key, actual] : tensors) {
-        const auto reference = get(expected, key);
+        const auto reference = fixture_get(expected, key);
         if (reference.isNone()) {
           EXPECT_FALSE(actual.defined()) << where << " has an unexpected " << key;
         } else {
@@ -163,7 +82,7 @@ TEST_P(Parity, MatchesFloraOptEveryStep) {
       }
     }
   }
-  std::cout << "[ parity   ] " << GetParam() << ": " << grads.size()
+  std::cout << "[ parity   ] " << GetParam() << ": " << steps
             << " steps, largest relative error " << worst_error << std::endl;
   RecordProperty("largest_relative_error", std::to_string(worst_error));
 }
@@ -171,20 +90,7 @@ TEST_P(Parity, MatchesFloraOptEveryStep) {
 INSTANTIATE_TEST_SUITE_P(
     FloraOpt003,
     Parity,
-    ::testing::Values(
-        "factored_no_momentum",
-        "full_second_moment",
-        "momentum_uncompressed",
-        "compressed",
-        "compressed_kappa1",
-        "compressed_full_second_moment",
-        "relative_step",
-        "relative_step_warmup",
-        "no_scale_parameter",
-        "weight_decay",
-        "half_precision",
-        "param_groups",
-        "large_seed"),
+    ::testing::ValuesIn(flora::testing::parity_fixture_names()),
     [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 } // namespace
