@@ -1,0 +1,178 @@
+#include "train.h"
+
+#include <c10/util/Exception.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+namespace flora::gpt2 {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) {
+    torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+  }
+}
+
+} // namespace
+
+double scheduled_lr(double base_lr, int64_t step, int64_t warmup_steps, int64_t total_steps) {
+  if (warmup_steps > 0 && step <= warmup_steps) {
+    return base_lr * static_cast<double>(step) / static_cast<double>(warmup_steps);
+  }
+  const int64_t decay_steps = total_steps - warmup_steps;
+  if (decay_steps <= 0) {
+    return base_lr;
+  }
+  const double progress =
+      std::min(1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(decay_steps));
+  return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + std::cos(M_PI * progress)));
+}
+
+double evaluate(GPT2LMHeadModel& model, const torch::Tensor& inputs, const torch::Tensor& targets,
+                int64_t batch_size, const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model->is_training();
+  model->eval();
+  double total = 0;
+  int64_t count = 0;
+  for (int64_t start = 0; start < inputs.size(0); start += batch_size) {
+    const int64_t end = std::min(inputs.size(0), start + batch_size);
+    auto x = inputs.slice(0, start, end).to(device);
+    auto y = targets.slice(0, start, end).to(device);
+    auto logits = model->forward(x);
+    auto loss = torch::nn::functional::cross_entropy(
+        logits.reshape({-1, logits.size(-1)}).to(torch::kFloat), y.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    total += loss.item<double>();
+    count += y.numel();
+  }
+  model->train(was_training);
+  return total / static_cast<double>(count);
+}
+
+RunResult train(
+    GPT2LMHeadModel& model,
+    const TokenSplit& split,
+    const OptimizerSpec& spec,
+    const TrainOptions& options,
+    const torch::Device& device,
+    const std::function<void(const std::string&)>& log) {
+  TORCH_CHECK(options.steps > 0, "--steps must be positive, got ", options.steps);
+  TORCH_CHECK(options.grad_accum > 0, "--grad-accum must be positive, got ", options.grad_accum);
+  TORCH_CHECK(options.batch_size > 0, "--batch-size must be positive, got ", options.batch_size);
+  TORCH_CHECK(
+      options.block_size > 0 && options.block_size <= model->config().n_positions, "--block-size must be in [1, ",
+      model->config().n_positions, "] (the model's n_positions), got ", options.block_size);
+  const int64_t max_id = std::max(split.train.max().item<int64_t>(), split.valid.max().item<int64_t>());
+  TORCH_CHECK(
+      max_id < model->config().vocab_size, "the tokenizer produced id ", max_id, " but the model's vocab_size is ",
+      model->config().vocab_size, " (tokenizer and model do not match)");
+
+  RunResult result;
+  result.name = spec.name;
+  result.label = spec.label();
+  auto emit = [&](const std::string& line) {
+    if (log) {
+      log(line);
+    }
+  };
+
+  model->set_activation_checkpointing(options.activation_checkpointing);
+  BatchSampler sampler(split.train, options.block_size, options.batch_size, options.seed);
+  const auto [eval_x, eval_y] = eval_blocks(split.valid, options.block_size, options.eval_max_blocks);
+
+  reset_peak_memory(device);
+  auto stepper = make_stepper(spec, model->parameters());
+  result.initial_eval_loss = evaluate(model, eval_x, eval_y, options.eval_batch_size, device);
+  {
+    char line[256];
+    std::snprintf(line, sizeof(line), "[%s] %s: initial eval loss %.4f", spec.name.c_str(), result.label.c_str(),
+                  result.initial_eval_loss);
+    emit(line);
+  }
+
+  model->train();
+  const int64_t tokens_per_step = options.batch_size * options.block_size * options.grad_accum;
+  double train_seconds = 0;
+  double window_seconds = 0;
+  int64_t window_steps = 0;
+  double last_eval = result.initial_eval_loss;
+  for (int64_t step = 1; step <= options.steps; ++step) {
+    const auto start = Clock::now();
+    const double lr = scheduled_lr(spec.lr, step, options.warmup_steps, options.steps);
+    stepper->set_lr(lr);
+    stepper->begin_step();
+    torch::Tensor step_loss = torch::zeros({}, torch::TensorOptions().device(device));
+    for (int64_t micro = 0; micro < options.grad_accum; ++micro) {
+      auto [x, y] = sampler.next();
+      x = x.to(device, /*non_blocking=*/true);
+      y = y.to(device, /*non_blocking=*/true);
+      auto loss = model->loss(x, y) / static_cast<double>(options.grad_accum);
+      stepper->backward(loss, micro + 1 == options.grad_accum);
+      step_loss += loss.detach();
+    }
+    stepper->finish_step();
+    const double loss_value = step_loss.item<double>(); // synchronises
+    TORCH_CHECK(std::isfinite(loss_value), "[", spec.name, "] the loss became ", loss_value, " at step ", step,
+                " (learning rate too high?)");
+    const double seconds = seconds_since(start);
+    train_seconds += seconds;
+    window_seconds += seconds;
+    ++window_steps;
+
+    StepRecord record;
+    record.step = step;
+    record.train_loss = loss_value;
+    record.lr = lr;
+    record.elapsed_s = train_seconds;
+    const bool do_eval = step == options.steps || (options.eval_every > 0 && step % options.eval_every == 0);
+    if (do_eval) {
+      record.eval_loss = evaluate(model, eval_x, eval_y, options.eval_batch_size, device);
+      last_eval = record.eval_loss;
+    }
+    result.records.push_back(record);
+
+    if ((options.log_every > 0 && step % options.log_every == 0) || step == options.steps) {
+      const auto peak = peak_memory(device);
+      char eval_text[48] = "";
+      if (do_eval) {
+        std::snprintf(eval_text, sizeof(eval_text), "  eval %.4f", record.eval_loss);
+      }
+      char line[320];
+      std::snprintf(
+          line, sizeof(line), "[%s] step %5lld/%lld  loss %.4f%s  %7.0f tok/s  lr %.2e  mem %s", spec.name.c_str(),
+          static_cast<long long>(step), static_cast<long long>(options.steps), loss_value, eval_text,
+          static_cast<double>(tokens_per_step * window_steps) / window_seconds, lr, format_bytes(peak.bytes).c_str());
+      emit(line);
+      window_seconds = 0;
+      window_steps = 0;
+    }
+  }
+  synchronize(device);
+  result.peak = peak_memory(device);
+  result.state_bytes = stepper->state_bytes();
+  result.train_seconds = train_seconds;
+  result.ms_per_step = 1000.0 * train_seconds / static_cast<double>(options.steps);
+  result.tokens_per_s = static_cast<double>(tokens_per_step * options.steps) / train_seconds;
+  const int64_t window = std::max<int64_t>(1, std::min(options.final_loss_window, options.steps));
+  double sum = 0;
+  for (int64_t i = options.steps - window; i < options.steps; ++i) {
+    sum += result.records[i].train_loss;
+  }
+  result.final_train_loss = sum / static_cast<double>(window);
+  result.eval_loss = last_eval;
+  result.eval_perplexity = std::exp(last_eval);
+  model->eval();
+  return result;
+}
+
+} // namespace flora::gpt2

@@ -1,0 +1,244 @@
+// Data pipeline, learning-rate schedule, optimizer steppers, a short
+// fine-tune of the tiny model with Adam and Flora, and the report files.
+
+#include "gpt2_test_util.h"
+
+#include "data.h"
+#include "file_io.h"
+#include "memory.h"
+#include "plot.h"
+#include "pretrained.h"
+#include "report.h"
+#include "stepper.h"
+#include "train.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <chrono>
+
+namespace flora::gpt2 {
+namespace {
+
+using testing::expect_error;
+
+const Tokenizer& tiny_tokenizer() {
+  static const Tokenizer tokenizer = Tokenizer::from_dir(testing::tiny_model_dir());
+  return tokenizer;
+}
+
+const TokenSplit& corpus() {
+  static const TokenSplit split = make_split(
+      tiny_tokenizer(), {testing::example_file("data/train.txt")}, testing::example_file("data/valid.txt"), 0.0);
+  return split;
+}
+
+TEST(Gpt2Data, EncodesTheCorpusAndSplits) {
+  const auto& split = corpus();
+  EXPECT_GT(split.train.numel(), 50000);
+  EXPECT_GT(split.valid.numel(), 5000);
+  EXPECT_EQ(split.train.scalar_type(), torch::kLong);
+  EXPECT_LT(split.train.max().item<int64_t>(), 512);
+  // A held-out fraction of the training text instead of a file.
+  const auto fraction = make_split(tiny_tokenizer(), {testing::example_file("data/train.txt")}, "", 0.1);
+  EXPECT_EQ(fraction.train.numel() + fraction.valid.numel(), split.train.numel());
+  EXPECT_NEAR(static_cast<double>(fraction.valid.numel()) / static_cast<double>(split.train.numel()), 0.1, 1e-3);
+  EXPECT_TRUE(torch::equal(fraction.valid, split.train.slice(0, fraction.train.numel())));
+  expect_error([&] { make_split(tiny_tokenizer(), {testing::example_file("data/train.txt")}, "", 1.5); },
+               "fraction must be in (0, 1)");
+  // Several files are separated by <|endoftext|>.
+  testing::TempDir dir;
+  write_file_atomic(dir.file("a.txt"), "Hello");
+  write_file_atomic(dir.file("b.txt"), "World");
+  const auto ids = encode_files(tiny_tokenizer(), {dir.file("a.txt"), dir.file("b.txt")});
+  EXPECT_EQ(tiny_tokenizer().decode(std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel())),
+            "Hello<|endoftext|>World");
+  expect_error([&] { encode_files(tiny_tokenizer(), {dir.file("missing.txt")}); }, "cannot open");
+}
+
+TEST(Gpt2Data, BatchesAreShiftedBlocksAndSeeded) {
+  const auto tokens = torch::arange(1000, torch::kLong);
+  BatchSampler a(tokens, 16, 4, 7), b(tokens, 16, 4, 7), c(tokens, 16, 4, 8);
+  bool differs = false;
+  for (int i = 0; i < 40; ++i) { // several epochs
+    const auto [x, y] = a.next();
+    const auto [x2, y2] = b.next();
+    const auto [x3, y3] = c.next();
+    ASSERT_EQ(x.sizes(), (c10::IntArrayRef{4, 16}));
+    EXPECT_TRUE(torch::equal(y, x + 1)); // targets are the next tokens
+    EXPECT_TRUE(torch::equal(x.select(1, 1), x.select(1, 0) + 1)); // contiguous blocks
+    EXPECT_TRUE(torch::equal(x, x2));
+    differs = differs || !torch::equal(x, x3);
+  }
+  EXPECT_TRUE(differs);
+  EXPECT_GE(a.epoch(), 2);
+  EXPECT_EQ(a.batches_per_epoch(), 999 / 16 / 4);
+  expect_error([&] { BatchSampler(torch::arange(50, torch::kLong), 16, 4, 0); }, "the training text is too short");
+  const auto [ex, ey] = eval_blocks(tokens, 100);
+  EXPECT_EQ(ex.sizes(), (c10::IntArrayRef{9, 100}));
+  EXPECT_TRUE(torch::equal(ey, ex + 1));
+  EXPECT_EQ(eval_blocks(tokens, 100, 3).first.size(0), 3);
+}
+
+TEST(Gpt2Train, LearningRateSchedule) {
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 1, 10, 100), 0.1);
+  EXPECT_DOUBLE_EQ(scheduled_lr(1.0, 10, 10, 100), 1.0);
+  EXPECT_NEAR(scheduled_lr(1.0, 55, 10, 100), 0.55, 1e-12); // half-way down the cosine
+  EXPECT_NEAR(scheduled_lr(1.0, 100, 10, 100), 0.1, 1e-12);
+  EXPECT_DOUBLE_EQ(scheduled_lr(2.0, 1, 0, 1), 0.2);
+  for (int64_t s = 11; s < 100; ++s) {
+    EXPECT_LE(scheduled_lr(1.0, s + 1, 10, 100), scheduled_lr(1.0, s, 10, 100));
+  }
+}
+
+TEST(Gpt2Train, StepperValidatesOptions) {
+  auto p = torch::zeros({4, 4}, torch::requires_grad());
+  OptimizerSpec spec;
+  spec.name = "sgd";
+  expect_error([&] { make_stepper(spec, {p}); }, "unknown optimizer 'sgd'");
+  spec = OptimizerSpec();
+  spec.name = "flora";
+  spec.quantization = "8bit";
+  expect_error([&] { make_stepper(spec, {p}); }, "--quantization 8bit: 8-bit optimizer states are not available yet");
+  spec.quantization = "none";
+  spec.accumulation_rank = 8;
+  expect_error([&] { make_stepper(spec, {p}); }, "compressed gradient accumulation is not available yet");
+  spec.accumulation_rank = 0;
+  spec.fused_backward = true;
+  expect_error([&] { make_stepper(spec, {p}); }, "--fused-backward: the update fused into backward is not available yet");
+  spec.fused_backward = false;
+  spec.lr = -1;
+  expect_error([&] { make_stepper(spec, {p}); }, "--lr must be positive");
+  spec.lr = 0.1;
+  EXPECT_EQ(spec.label(), "flora(lr=0.1,rank=32,kappa=1000,b1=0.9)");
+  auto stepper = make_stepper(spec, {p});
+  stepper->set_lr(0.05);
+  EXPECT_DOUBLE_EQ(stepper->optimizer().param_groups()[0].options().get_lr(), 0.05);
+  EXPECT_EQ(parse_projection("reference"), ProjectionMode::reference);
+  expect_error([&] { parse_projection("sobol"); }, "--projection must be philox or reference");
+}
+
+TEST(Gpt2Train, GradientAccumulationAveragesMicroBatches) {
+  // N micro-batches of b sequences, each loss scaled by 1/N, give the
+  // gradient of the mean loss over all N*b sequences.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const auto x = torch::randint(0, 512, {4, 16}, gen);
+  const auto y = torch::randint(0, 512, {4, 16}, gen);
+  auto whole = load_pretrained(testing::tiny_model_dir());
+  auto split = load_pretrained(testing::tiny_model_dir());
+  OptimizerSpec spec;
+  auto s1 = make_stepper(spec, whole->parameters());
+  auto s2 = make_stepper(spec, split->parameters());
+  s1->begin_step();
+  s1->backward(whole->loss(x, y), true);
+  s2->begin_step();
+  s2->backward(split->loss(x.slice(0, 0, 2), y.slice(0, 0, 2)) / 2.0, false);
+  s2->backward(split->loss(x.slice(0, 2, 4), y.slice(0, 2, 4)) / 2.0, true);
+  const auto a = whole->named_parameters();
+  const auto b = split->named_parameters();
+  for (const auto& item : a) {
+    EXPECT_LT((item.value().grad() - b[item.key()].grad()).abs().max().item<double>(), 1e-6) << item.key();
+  }
+}
+
+TEST(Gpt2Train, ShortFineTuneLowersTheLossWithAdamAndFlora) {
+  const auto start = std::chrono::steady_clock::now();
+  TrainOptions options;
+  options.steps = 20;
+  options.batch_size = 8;
+  options.block_size = 32;
+  options.warmup_steps = 2;
+  options.eval_every = 10;
+  options.eval_max_blocks = 32;
+  options.log_every = 0;
+  options.final_loss_window = 5;
+  std::vector<RunResult> runs;
+  for (const char* name : {"adam", "flora"}) {
+    OptimizerSpec spec;
+    spec.name = name;
+    spec.lr = spec.name == "flora" ? 0.3 : 3e-3;
+    spec.rank = 16;
+    auto model = load_pretrained(testing::tiny_model_dir());
+    runs.push_back(train(model, corpus(), spec, options, torch::kCPU));
+    const auto& r = runs.back();
+    ASSERT_EQ(r.records.size(), 20u);
+    double first = 0;
+    for (int i = 0; i < 5; ++i) {
+      first += r.records[i].train_loss / 5;
+    }
+    EXPECT_LT(r.final_train_loss, first - 0.3) << name;
+    EXPECT_LT(r.eval_loss, r.initial_eval_loss - 0.3) << name;
+    EXPECT_TRUE(std::isnan(r.records[4].eval_loss));
+    EXPECT_FALSE(std::isnan(r.records[9].eval_loss));
+    EXPECT_NEAR(r.eval_perplexity, std::exp(r.eval_loss), 1e-9);
+    EXPECT_GT(r.state_bytes, 0);
+    EXPECT_GT(r.tokens_per_s, 0);
+    EXPECT_GT(r.peak.bytes, 0);
+  }
+  EXPECT_LT(runs[1].state_bytes, runs[0].state_bytes); // Flora keeps less state than Adam
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 60.0);
+
+  // The report files.
+  testing::TempDir dir;
+  write_metrics_csv(dir.file("metrics.csv"), runs);
+  write_summary_csv(dir.file("summary.csv"), runs);
+  write_loss_svg(dir.file("loss.svg"), runs);
+  const auto metrics = read_file(dir.file("metrics.csv"));
+  EXPECT_EQ(metrics.rfind("optimizer,label,step,train_loss,eval_loss,lr,elapsed_s\n", 0), 0u);
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 1 + 2 * 21);
+  EXPECT_NE(metrics.find("flora,\"flora(lr=0.3,rank=16,kappa=1000,b1=0.9)\",20,"), std::string::npos);
+  const auto summary = read_file(dir.file("summary.csv"));
+  EXPECT_EQ(std::count(summary.begin(), summary.end(), '\n'), 3);
+  const auto svg = read_file(dir.file("loss.svg"));
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+  EXPECT_EQ(std::count(svg.begin(), svg.end(), '\n') > 20, true);
+  EXPECT_NE(svg.find("flora eval"), std::string::npos);
+  EXPECT_NE(svg.find("</svg>"), std::string::npos);
+  if (png_supported()) {
+    write_loss_png(dir.file("loss.png"), runs);
+    const auto png = read_file(dir.file("loss.png"));
+    EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  }
+  EXPECT_EQ(csv_field("a,b\"c"), "\"a,b\"\"c\"");
+}
+
+TEST(Gpt2Train, ActivationCheckpointingTrainsIdentically) {
+  TrainOptions options;
+  options.steps = 3;
+  options.batch_size = 4;
+  options.block_size = 32;
+  options.eval_every = 0;
+  options.eval_max_blocks = 4;
+  options.log_every = 0;
+  OptimizerSpec spec;
+  spec.name = "flora";
+  spec.lr = 0.3;
+  auto plain = load_pretrained(testing::tiny_model_dir());
+  auto ckpt = load_pretrained(testing::tiny_model_dir());
+  const auto a = train(plain, corpus(), spec, options, torch::kCPU);
+  options.activation_checkpointing = true;
+  const auto b = train(ckpt, corpus(), spec, options, torch::kCPU);
+  for (size_t i = 0; i < a.records.size(); ++i) {
+    EXPECT_NEAR(a.records[i].train_loss, b.records[i].train_loss, 1e-5);
+  }
+  const auto pa = plain->named_parameters();
+  const auto pb = ckpt->named_parameters();
+  for (const auto& item : pa) {
+    EXPECT_LT((item.value() - pb[item.key()]).abs().max().item<double>(), 1e-5) << item.key();
+  }
+}
+
+TEST(Gpt2Memory, ReportsProcessPeak) {
+  const torch::Device cpu(torch::kCPU);
+  reset_peak_memory(cpu);
+  const auto peak = peak_memory(cpu);
+  EXPECT_GT(peak.bytes, 0);
+  EXPECT_NE(peak.kind.find("process peak RSS"), std::string::npos);
+  EXPECT_GE(peak.bytes, current_rss_bytes() / 2);
+  EXPECT_EQ(format_bytes(1536), "1.5 KiB");
+  EXPECT_EQ(format_bytes(-1), "n/a");
+}
+
+} // namespace
+} // namespace flora::gpt2
