@@ -36,7 +36,7 @@ struct Cli {
   std::string compare;
   std::optional<double> lr;
   double adam_lr = 3e-3;
-  double flora_lr = 3e-1; // relative to the parameters' RMS (scale_parameter)
+  double flora_lr = 8e-2; // relative to each parameter's RMS (Flora's scale_parameter)
   double weight_decay = 0.0;
   int64_t rank = 32;
   int64_t kappa = 1000;
@@ -57,6 +57,13 @@ struct Cli {
   bool check_logits = false;
   std::string check_input = kSourceDir + "/../../tests/fixtures/gpt2/logits.safetensors";
   int threads = 0;
+
+  Cli() {
+    train.steps = 1000;
+    train.warmup_steps = 50;
+    train.eval_every = 100;
+    train.log_every = 100;
+  }
 };
 
 std::vector<std::string> split_list(const std::string& text) {
@@ -141,13 +148,12 @@ int main(int argc, char** argv) {
   app.add_flag("--check-logits", cli.check_logits,
                "with --save-model: also write flora_check_logits.safetensors (logits of --check-input's input_ids)");
   app.add_option("--check-input", cli.check_input, "safetensors file with the input_ids for --check-logits");
-  app.add_option("--threads", cli.threads, "CPU threads (0: LibTorch's default)");
+  app.add_option("--threads", cli.threads,
+                 "CPU threads (0: auto: 1 for models with n_embd < 256, whose small operations gain nothing from "
+                 "more, else LibTorch's default)");
   CLI11_PARSE(app, argc, argv);
 
   try {
-    if (cli.threads > 0) {
-      torch::set_num_threads(cli.threads);
-    }
     torch::Device device(torch::kCPU);
     if (cli.device == "cuda" || (cli.device == "auto" && torch::cuda::is_available())) {
       TORCH_CHECK(torch::cuda::is_available(), "--device cuda: no CUDA device is available");
@@ -179,6 +185,11 @@ int main(int argc, char** argv) {
 
     const auto t0 = std::chrono::steady_clock::now();
     const auto config = gpt2::load_config(gpt2::join_path(cli.model_dir, "config.json"));
+    if (cli.threads > 0) {
+      torch::set_num_threads(cli.threads);
+    } else if (config.n_embd < 256 && device.is_cpu()) {
+      torch::set_num_threads(1);
+    }
     const auto tokenizer = gpt2::Tokenizer::from_dir(cli.model_dir);
     const auto split = gpt2::make_split(tokenizer, cli.train_files, cli.valid_file, cli.valid_fraction);
     const double encode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -210,7 +221,7 @@ int main(int argc, char** argv) {
                     report.stored_dtype.empty() ? "" : " converted to float32; ", report.skipped.size());
       }
       results.push_back(gpt2::train(model, split, spec, cli.train, device, log_line));
-      if (!cli.save_model.empty()) {
+      if (!cli.save_model.empty() && results.back().failure.empty()) {
         const std::string dir = specs.size() == 1 ? cli.save_model : gpt2::join_path(cli.save_model, spec.name);
         gpt2::save_pretrained(model, tokenizer, dir, cli.model_dir);
         std::printf("[%s] saved the fine-tuned model to %s\n", spec.name.c_str(), dir.c_str());
@@ -233,6 +244,13 @@ int main(int argc, char** argv) {
       files += ", loss.png";
     }
     std::printf("\nwrote %s in %s\n", files.c_str(), cli.out.c_str());
+    std::fflush(stdout);
+    for (const auto& r : results) {
+      if (!r.failure.empty()) {
+        std::fprintf(stderr, "error: the %s run %s\n", r.name.c_str(), r.failure.c_str());
+        return 1;
+      }
+    }
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what_without_backtrace());
     return 1;

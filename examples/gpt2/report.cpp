@@ -53,6 +53,11 @@ void print_table(std::FILE* out, const std::vector<RunResult>& runs) {
     std::fprintf(out, ", measured per run");
   }
   std::fprintf(out, ".\n");
+  for (const auto& r : runs) {
+    if (!r.failure.empty()) {
+      std::fprintf(out, "%s FAILED (%s); its numbers cover the steps before.\n", r.name.c_str(), r.failure.c_str());
+    }
+  }
   for (size_t i = 1; i < runs.size(); ++i) {
     if (runs.front().state_bytes > 0) {
       std::fprintf(out, "%s keeps %.1f%% of %s's optimizer-state bytes.\n", runs[i].name.c_str(),
@@ -78,13 +83,13 @@ void write_metrics_csv(const std::string& path, const std::vector<RunResult>& ru
 void write_summary_csv(const std::string& path, const std::vector<RunResult>& runs) {
   std::ostringstream out;
   out << "optimizer,label,steps,initial_eval_loss,final_train_loss,eval_loss,eval_perplexity,peak_memory_bytes,"
-         "peak_memory_kind,optimizer_state_bytes,ms_per_step,tokens_per_s,train_seconds\n";
+         "peak_memory_kind,optimizer_state_bytes,ms_per_step,tokens_per_s,train_seconds,failure\n";
   for (const auto& r : runs) {
     out << csv_field(r.name) << ',' << csv_field(r.label) << ',' << r.records.size() << ','
         << num(r.initial_eval_loss) << ',' << num(r.final_train_loss) << ',' << num(r.eval_loss) << ','
         << num(r.eval_perplexity) << ',' << r.peak.bytes << ',' << csv_field(r.peak.kind) << ',' << r.state_bytes
         << ',' << num(r.ms_per_step, "%.4f") << ',' << num(r.tokens_per_s, "%.1f") << ','
-        << num(r.train_seconds, "%.3f") << '\n';
+        << num(r.train_seconds, "%.3f") << ',' << csv_field(r.failure) << '\n';
   }
   write_file_atomic(path, out.str());
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 namespace flora::gpt2 {
 namespace {
@@ -109,21 +110,27 @@ RunResult train(
   for (int64_t step = 1; step <= options.steps; ++step) {
     const auto start = Clock::now();
     const double lr = scheduled_lr(spec.lr, step, options.warmup_steps, options.steps);
-    stepper->set_lr(lr);
-    stepper->begin_step();
-    torch::Tensor step_loss = torch::zeros({}, torch::TensorOptions().device(device));
-    for (int64_t micro = 0; micro < options.grad_accum; ++micro) {
-      auto [x, y] = sampler.next();
-      x = x.to(device, /*non_blocking=*/true);
-      y = y.to(device, /*non_blocking=*/true);
-      auto loss = model->loss(x, y) / static_cast<double>(options.grad_accum);
-      stepper->backward(loss, micro + 1 == options.grad_accum);
-      step_loss += loss.detach();
+    double loss_value = 0;
+    try {
+      stepper->set_lr(lr);
+      stepper->begin_step();
+      torch::Tensor step_loss = torch::zeros({}, torch::TensorOptions().device(device));
+      for (int64_t micro = 0; micro < options.grad_accum; ++micro) {
+        auto [x, y] = sampler.next();
+        x = x.to(device, /*non_blocking=*/true);
+        y = y.to(device, /*non_blocking=*/true);
+        auto loss = model->loss(x, y) / static_cast<double>(options.grad_accum);
+        stepper->backward(loss, micro + 1 == options.grad_accum);
+        step_loss += loss.detach();
+      }
+      stepper->finish_step();
+      loss_value = step_loss.item<double>(); // synchronises
+      TORCH_CHECK(std::isfinite(loss_value), "the loss is ", loss_value, " (learning rate too high?)");
+    } catch (const c10::Error& e) {
+      result.failure = "stopped at step " + std::to_string(step) + ": " + e.what_without_backtrace();
+      emit("[" + spec.name + "] " + result.failure);
+      break;
     }
-    stepper->finish_step();
-    const double loss_value = step_loss.item<double>(); // synchronises
-    TORCH_CHECK(std::isfinite(loss_value), "[", spec.name, "] the loss became ", loss_value, " at step ", step,
-                " (learning rate too high?)");
     const double seconds = seconds_since(start);
     train_seconds += seconds;
     window_seconds += seconds;
@@ -161,16 +168,18 @@ RunResult train(
   result.peak = peak_memory(device);
   result.state_bytes = stepper->state_bytes();
   result.train_seconds = train_seconds;
-  result.ms_per_step = 1000.0 * train_seconds / static_cast<double>(options.steps);
-  result.tokens_per_s = static_cast<double>(tokens_per_step * options.steps) / train_seconds;
-  const int64_t window = std::max<int64_t>(1, std::min(options.final_loss_window, options.steps));
+  const auto done = static_cast<int64_t>(result.records.size());
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  result.ms_per_step = done > 0 ? 1000.0 * train_seconds / static_cast<double>(done) : nan;
+  result.tokens_per_s = done > 0 ? static_cast<double>(tokens_per_step * done) / train_seconds : nan;
+  const int64_t window = std::min(options.final_loss_window, done);
   double sum = 0;
-  for (int64_t i = options.steps - window; i < options.steps; ++i) {
+  for (int64_t i = done - window; i < done; ++i) {
     sum += result.records[i].train_loss;
   }
-  result.final_train_loss = sum / static_cast<double>(window);
-  result.eval_loss = last_eval;
-  result.eval_perplexity = std::exp(last_eval);
+  result.final_train_loss = window > 0 ? sum / static_cast<double>(window) : nan;
+  result.eval_loss = result.failure.empty() ? last_eval : nan;
+  result.eval_perplexity = std::exp(result.eval_loss);
   model->eval();
   return result;
 }

@@ -20,7 +20,7 @@
 namespace flora::gpt2 {
 
 struct TrainOptions {
-  int64_t steps = 600;
+  int64_t steps = 1000;
   int64_t batch_size = 16; // sequences per micro-batch
   int64_t block_size = 64;
   int64_t grad_accum = 1; // micro-batches per step
@@ -31,7 +31,7 @@ struct TrainOptions {
   int64_t eval_max_blocks = 0;
   int64_t eval_batch_size = 32;
   /// Print a progress line every this many steps (0: never).
-  int64_t log_every = 50;
+  int64_t log_every = 100;
   uint64_t seed = 0;
   bool activation_checkpointing = false;
   /// Average the last this many steps' losses for "final train loss".
@@ -64,6 +64,10 @@ struct RunResult {
   double ms_per_step = 0;
   double tokens_per_s = 0;
   double train_seconds = 0;
+  /// Empty when the run finished; else why it stopped early (e.g. the loss
+  /// or a gradient became NaN: learning rate too high). The numbers then
+  /// describe the steps completed.
+  std::string failure;
 };
 
 /// Mean next-token cross-entropy over the held-out blocks (eval mode, no
@@ -73,7 +77,9 @@ double evaluate(GPT2LMHeadModel& model, const torch::Tensor& inputs, const torch
 
 /// Trains `model` (already on `device`) on `split` with the optimizer of
 /// `spec`; `log` receives the progress lines. The sampler is seeded with
-/// options.seed, so runs with the same seed see the same batches.
+/// options.seed, so runs with the same seed see the same batches. Invalid
+/// options throw; a step that fails (non-finite loss or gradient) ends the
+/// run early with RunResult::failure set, so that a comparison goes on.
 RunResult train(
     GPT2LMHeadModel& model,
     const TokenSplit& split,

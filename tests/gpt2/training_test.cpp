@@ -22,6 +22,17 @@ namespace {
 
 using testing::expect_error;
 
+// The tiny model's operations are far too small to gain from several
+// threads, and on a busy 2-core CI machine extra threads only contend (the
+// example's --threads auto does the same).
+class OneThread : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    torch::set_num_threads(1);
+  }
+};
+const auto* const kOneThread = ::testing::AddGlobalTestEnvironment(new OneThread);
+
 const Tokenizer& tiny_tokenizer() {
   static const Tokenizer tokenizer = Tokenizer::from_dir(testing::tiny_model_dir());
   return tokenizer;
@@ -227,6 +238,25 @@ TEST(Gpt2Train, ActivationCheckpointingTrainsIdentically) {
   for (const auto& item : pa) {
     EXPECT_LT((item.value() - pb[item.key()]).abs().max().item<double>(), 1e-5) << item.key();
   }
+}
+
+TEST(Gpt2Train, ADivergingRunStopsWithAReasonInsteadOfThrowing) {
+  TrainOptions options;
+  options.steps = 100;
+  options.batch_size = 8;
+  options.block_size = 32;
+  options.warmup_steps = 5;
+  options.eval_every = 0;
+  options.eval_max_blocks = 8;
+  options.log_every = 0;
+  OptimizerSpec spec;
+  spec.name = "flora";
+  spec.lr = 5.0; // far too high: the loss explodes
+  auto model = load_pretrained(testing::tiny_model_dir());
+  const auto r = train(model, corpus(), spec, options, torch::kCPU);
+  EXPECT_NE(r.failure.find("stopped at step"), std::string::npos) << r.failure;
+  EXPECT_LT(r.records.size(), 100u);
+  EXPECT_TRUE(std::isnan(r.eval_loss));
 }
 
 TEST(Gpt2Memory, ReportsProcessPeak) {
