@@ -238,90 +238,7 @@ struct FullMomentBatch {
   }
 };
 
-} // namespace
-
-// ---------------------------------------------------------------- optimizer
-
-Flora::Flora(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, FloraOptions defaults)
-    : Optimizer(param_groups, std::make_unique<FloraOptions>(defaults)) {
-  validate(defaults, "Flora");
-  for (size_t g = 0; g < param_groups_.size(); ++g) {
-    const std::string where = "Flora: param group " + std::to_string(g);
-    validate(static_cast<const FloraOptions&>(param_groups_[g].options()), where.c_str());
-  }
-}
-
-Flora::Flora(std::vector<torch::Tensor> params, FloraOptions defaults)
-    : Flora({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
-
-torch::Tensor Flora::step(LossClosure closure) {
-  torch::NoGradGuard no_grad;
-  torch::Tensor loss;
-  if (closure != nullptr) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
-
-  // Check everything before touching anything.
-  std::vector<PendingUpdate> pending;
-  int64_t index = 0;
-  for (size_t g = 0; g < param_groups_.size(); ++g) {
-    const auto& options = static_cast<const FloraOptions&>(param_groups_[g].options());
-    const std::string where = "Flora: param group " + std::to_string(g);
-    validate(options, where.c_str());
-    const auto& params = param_groups_[g].params();
-    for (size_t i = 0; i < params.size(); ++i) {
-      ++index;
-      const auto& param = params[i];
-      const auto& grad = param.grad();
-      if (!grad.defined() || param.numel() == 0) {
-        continue;
-      }
-      auto who = describe(index, g, i, param);
-      check_gradient(param, grad, who);
-      pending.push_back({param, grad, &options, index, std::move(who)});
-    }
-  }
-  check_all_finite(pending);
-
-  // Parameters on the full-second-moment path (biases, norms, embeddings
-  // when not factored, higher-rank tensors) are updated together, one call per
-  // (options, device, dtype): on CUDA that is two launches for all of them.
-  std::vector<FullMomentBatch> batches;
-  for (auto& p : pending) {
-    auto& slot = state_[p.param.unsafeGetTensorImpl()];
-    if (!slot) {
-      auto fresh = std::make_unique<FloraParamState>();
-      fresh->seed(p.options->seed() + p.index);
-      slot = std::move(fresh);
-    }
-    auto& state = static_cast<FloraParamState&>(*slot);
-    const auto layout = ParamLayout::of(p.grad.sizes(), *p.options);
-    if (state.step() == 0) {
-      initialize_state(state, layout, p.grad.sizes(), *p.options, p.param.options().dtype(torch::kFloat));
-    }
-    state.step(state.step() + 1);
-    if (layout.factored) {
-      update_factored(p.param, p.grad, state, *p.options, layout);
-      continue;
-    }
-    auto batch = std::find_if(batches.begin(), batches.end(), [&](const FullMomentBatch& b) {
-      return b.options == p.options && b.params.front().device() == p.param.device() &&
-          b.params.front().scalar_type() == p.param.scalar_type();
-    });
-    if (batch == batches.end()) {
-      batches.push_back(FullMomentBatch{p.options});
-      batch = std::prev(batches.end());
-    }
-    batch->add(p.param, p.grad, state, layout.momentum);
-  }
-  for (auto& batch : batches) {
-    batch.run();
-  }
-  return loss;
-}
-
-void Flora::update_factored(
+void update_factored(
     torch::Tensor& param, const torch::Tensor& grad, FloraParamState& state, const FloraOptions& options,
     const ParamLayout& layout) {
   const auto shape = grad.sizes();
@@ -387,6 +304,123 @@ void Flora::update_factored(
       options.clip_threshold(), options.weight_decay()));
 }
 
+using StateMap = ska::flat_hash_map<void*, std::unique_ptr<torch::optim::OptimizerParamState>>;
+
+// Updates every pending parameter (already checked).
+void apply_updates(StateMap& states, std::vector<PendingUpdate>& pending) {
+  // Parameters on the full-second-moment path (biases, norms, embeddings
+  // when not factored, higher-rank tensors) are updated together, one call per
+  // (options, device, dtype): on CUDA that is two launches for all of them.
+  std::vector<FullMomentBatch> batches;
+  for (auto& p : pending) {
+    auto& slot = states[p.param.unsafeGetTensorImpl()];
+    if (!slot) {
+      auto fresh = std::make_unique<FloraParamState>();
+      fresh->seed(p.options->seed() + p.index);
+      slot = std::move(fresh);
+    }
+    auto& state = static_cast<FloraParamState&>(*slot);
+    const auto layout = ParamLayout::of(p.grad.sizes(), *p.options);
+    if (state.step() == 0) {
+      initialize_state(state, layout, p.grad.sizes(), *p.options, p.param.options().dtype(torch::kFloat));
+    }
+    state.step(state.step() + 1);
+    if (layout.factored) {
+      update_factored(p.param, p.grad, state, *p.options, layout);
+      continue;
+    }
+    auto batch = std::find_if(batches.begin(), batches.end(), [&](const FullMomentBatch& b) {
+      return b.options == p.options && b.params.front().device() == p.param.device() &&
+          b.params.front().scalar_type() == p.param.scalar_type();
+    });
+    if (batch == batches.end()) {
+      batches.push_back(FullMomentBatch{p.options});
+      batch = std::prev(batches.end());
+    }
+    batch->add(p.param, p.grad, state, layout.momentum);
+  }
+  for (auto& batch : batches) {
+    batch.run();
+  }
+}
+
+} // namespace
+
+// ---------------------------------------------------------------- optimizer
+
+Flora::Flora(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, FloraOptions defaults)
+    : Optimizer(param_groups, std::make_unique<FloraOptions>(defaults)) {
+  validate(defaults, "Flora");
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const std::string where = "Flora: param group " + std::to_string(g);
+    validate(static_cast<const FloraOptions&>(param_groups_[g].options()), where.c_str());
+  }
+}
+
+Flora::Flora(std::vector<torch::Tensor> params, FloraOptions defaults)
+    : Flora({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+torch::Tensor Flora::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure != nullptr) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+
+  // Check everything before touching anything.
+  std::vector<PendingUpdate> pending;
+  int64_t index = 0;
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const auto& options = static_cast<const FloraOptions&>(param_groups_[g].options());
+    const std::string where = "Flora: param group " + std::to_string(g);
+    validate(options, where.c_str());
+    const auto& params = param_groups_[g].params();
+    for (size_t i = 0; i < params.size(); ++i) {
+      ++index;
+      const auto& param = params[i];
+      const auto& grad = param.grad();
+      if (!grad.defined() || param.numel() == 0) {
+        continue;
+      }
+      auto who = describe(index, g, i, param);
+      check_gradient(param, grad, who);
+      pending.push_back({param, grad, &options, index, std::move(who)});
+    }
+  }
+  check_all_finite(pending);
+
+  apply_updates(state_, pending);
+  return loss;
+}
+
+void Flora::step_parameter(const torch::Tensor& param, const torch::Tensor& grad) {
+  torch::NoGradGuard no_grad;
+  int64_t index = 0;
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const auto& params = param_groups_[g].params();
+    for (size_t i = 0; i < params.size(); ++i) {
+      ++index;
+      if (!params[i].is_same(param)) {
+        continue;
+      }
+      const auto& options = static_cast<const FloraOptions&>(param_groups_[g].options());
+      const std::string where = "Flora: param group " + std::to_string(g);
+      validate(options, where.c_str());
+      if (!grad.defined() || param.numel() == 0) {
+        return;
+      }
+      auto who = describe(index, g, i, param);
+      check_gradient(param, grad, who);
+      std::vector<PendingUpdate> pending{{param, grad, &options, index, std::move(who)}};
+      check_all_finite(pending);
+      apply_updates(state_, pending);
+      return;
+    }
+  }
+  TORCH_CHECK(false, "Flora::step_parameter: the tensor of shape ", param.sizes(), " is not a parameter of this optimizer");
+}
+
 int64_t Flora::state_bytes() const {
   int64_t total = 0;
   for (const auto& entry : state_) {
@@ -444,7 +478,6 @@ torch::Tensor to_device(const torch::Tensor& t, const torch::Device& device) {
 } // namespace
 
 void Flora::load(torch::serialize::InputArchive& archive) {
-  using StateMap = ska::flat_hash_map<void*, std::unique_ptr<torch::optim::OptimizerParamState>>;
   using SavedGroups =
       std::vector<std::pair<std::vector<std::string>, std::unique_ptr<torch::optim::OptimizerOptions>>>;
 

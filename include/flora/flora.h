@@ -2,7 +2,10 @@
 
 // The one include a user needs: #include <flora/flora.h>
 
+#include <flora/accumulation.h>
 #include <flora/checkpoint.h>
+#include <flora/fused_backward.h>
+#include <flora/memory.h>
 #include <flora/ops.h>
 #include <flora/optimizer.h>
 #include <flora/options.h>

@@ -81,13 +81,10 @@ class FLORA_API Flora : public torch::optim::Optimizer {
   /// Adam's exp_avg + exp_avg_sq).
   int64_t state_bytes() const;
 
- private:
-  void update_factored(
-      torch::Tensor& param,
-      const torch::Tensor& grad,
-      FloraParamState& state,
-      const FloraOptions& options,
-      const ParamLayout& layout);
+  /// Updates one parameter with `grad` exactly as step() would (checks
+  /// included): the entry point of the update fused into backward
+  /// (FusedBackward). The parameter's .grad is not used.
+  void step_parameter(const torch::Tensor& param, const torch::Tensor& grad);
 };
 
 } // namespace flora

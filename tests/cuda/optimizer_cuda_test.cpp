@@ -35,7 +35,18 @@ double parameter_tolerance(torch::Dtype dtype) {
   }
 }
 
-class CudaMatchesCpu : public ::testing::TestWithParam<std::tuple<std::string, ProjectionMode>> {};
+class CudaMatchesCpu : public ::testing::TestWithParam<std::tuple<std::string, ProjectionMode>> {
+ public:
+  static void TearDownTestSuite() {
+    if (worst_state_ >= 0) {
+      std::cout << "[ agreement ] Flora step CUDA vs CPU over " << configurations_
+                << " configurations x 12 steps: largest relative error of state " << worst_state_
+                << ", of float32 parameters " << worst_param_ << " (bound 1e-5)" << std::endl;
+    }
+  }
+  static inline double worst_state_ = -1, worst_param_ = 0;
+  static inline int configurations_ = 0;
+};
 
 TEST_P(CudaMatchesCpu, OverTheParityConfigurations) {
   FLORA_REQUIRE_CUDA();
@@ -51,10 +62,16 @@ TEST_P(CudaMatchesCpu, OverTheParityConfigurations) {
     opt_cpu->step();
     opt_gpu->step();
   }
+  ++configurations_;
+  worst_state_ = std::max(worst_state_, 0.0);
   for (size_t i = 0; i < cpu.size(); ++i) {
     const std::string where = name + " param " + std::to_string(i);
     ASSERT_TRUE(gpu[i].is_cuda());
-    EXPECT_LT(relative_error(gpu[i], cpu[i]), parameter_tolerance(cpu[i].scalar_type())) << where;
+    const double param_error = relative_error(gpu[i], cpu[i]);
+    if (cpu[i].scalar_type() == torch::kFloat) {
+      worst_param_ = std::max(worst_param_, param_error);
+    }
+    EXPECT_LT(param_error, parameter_tolerance(cpu[i].scalar_type())) << where;
     const auto* sc = state_of(*opt_cpu, cpu[i]);
     const auto* sg = state_of(*opt_gpu, gpu[i]);
     ASSERT_EQ(sc == nullptr, sg == nullptr) << where;
@@ -73,7 +90,9 @@ TEST_P(CudaMatchesCpu, OverTheParityConfigurations) {
       ASSERT_EQ(g.defined(), c.defined()) << where;
       if (c.defined()) {
         EXPECT_TRUE(g.is_cuda()) << where;
-        EXPECT_LT(relative_error(g, c), 1e-5) << where;
+        const double error = relative_error(g, c);
+        worst_state_ = std::max(worst_state_, error);
+        EXPECT_LT(error, 1e-5) << where;
       }
     }
   }

@@ -1,0 +1,96 @@
+#pragma once
+
+// Compressed gradient accumulation (flora-opt's FloraAccelerator with
+// accumulation_compression_rank), for flora::Flora or any torch::optim
+// optimizer.
+//
+// Training with k micro-batches per optimizer step normally keeps a full
+// gradient per parameter between micro-batches. Here each parameter with 2 or
+// more dimensions keeps only C = sum_i down(seed, g_i), an (r, n) or (m, r)
+// matrix (m x n being the parameter as a matrix: its first dimension by the
+// product of the others), and its full gradient is released after every
+// micro-batch. Before the optimizer step the gradient is rebuilt as
+// up(seed, C), an unbiased estimate of the sum, and the seed advances, so the
+// next step projects on a fresh random basis. Parameters with fewer than 2
+// dimensions accumulate uncompressed. Buffers are float32.
+//
+//   flora::CompressedAccumulator acc(model->parameters(), flora::AccumulationOptions(64));
+//   for (int i = 0; i < k; ++i) {
+//     (loss_fn(model, batch[i]) / k).backward();
+//     acc.accumulate();            // compress the gradients, release them
+//   }
+//   acc.restore();                 // p.grad = up(C), seeds advance
+//   optimizer.step();
+//   optimizer.zero_grad();
+//
+// Projections use the same generator as the optimizer (ProjectionMode), with
+// flora-opt's accumulator seeding: the i-th compressed parameter (0-based, in
+// the order given) starts at seed + i, and a matrix is drawn from the seed
+// directly (no left/right split).
+
+#include <flora/export.h>
+#include <flora/options.h>
+
+#include <torch/arg.h>
+#include <torch/serialize/archive.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace flora {
+
+struct FLORA_API AccumulationOptions {
+  /// Rank of the compression; 0: accumulate uncompressed (plain sums).
+  AccumulationOptions(int64_t rank = 0) : rank_(rank) {}
+  TORCH_ARG(int64_t, rank);
+  TORCH_ARG(ProjectionMode, projection) = ProjectionMode::philox;
+  TORCH_ARG(int64_t, seed) = 0;
+};
+
+class FLORA_API CompressedAccumulator {
+ public:
+  CompressedAccumulator(std::vector<torch::Tensor> params, AccumulationOptions options = {});
+
+  /// Adds every parameter's current gradient into its buffer and releases
+  /// the gradient. Parameters without a gradient are skipped.
+  void accumulate();
+  /// The same for one parameter (for hooks that run as gradients complete).
+  void accumulate(const torch::Tensor& param);
+
+  /// Sets every parameter's .grad to its accumulated gradient (in the
+  /// parameter's dtype), advances the seeds and empties the buffers.
+  /// Parameters that accumulated nothing keep no gradient.
+  void restore();
+  /// The accumulated gradient of one parameter (float32), or an undefined
+  /// tensor if it accumulated nothing; advances its seed, empties its buffer.
+  torch::Tensor take(const torch::Tensor& param);
+
+  /// True when the parameter's accumulation is compressed.
+  bool compressed(const torch::Tensor& param) const;
+  /// Bytes held by the buffers now.
+  int64_t buffer_bytes() const;
+  const AccumulationOptions& options() const {
+    return options_;
+  }
+
+  /// Seeds and buffers, for checkpoints (also in the middle of an
+  /// accumulation). load() checks everything before changing anything.
+  void save(torch::serialize::OutputArchive& archive) const;
+  void load(torch::serialize::InputArchive& archive);
+
+ private:
+  struct Slot {
+    torch::Tensor param;
+    bool compressed = false;
+    int64_t seed = 0;
+    torch::Tensor buffer; // undefined until something is accumulated
+  };
+  Slot& slot_for(const torch::Tensor& param);
+  const Slot* find(const torch::Tensor& param) const;
+
+  AccumulationOptions options_;
+  std::vector<Slot> slots_;
+};
+
+} // namespace flora

@@ -1,0 +1,197 @@
+#include <flora/accumulation.h>
+#include <flora/projection.h>
+
+#include <torch/torch.h>
+
+namespace flora {
+namespace {
+
+int64_t matrix_rows(const torch::Tensor& p) {
+  return p.size(0);
+}
+
+int64_t matrix_cols(const torch::Tensor& p) {
+  return p.numel() / p.size(0);
+}
+
+// The buffer of a compressed parameter: down(G) of its (rows, cols) matrix.
+std::vector<int64_t> compressed_shape(const torch::Tensor& param, int64_t rank) {
+  const int64_t rows = matrix_rows(param), cols = matrix_cols(param);
+  return rows < cols ? std::vector<int64_t>{rank, cols} : std::vector<int64_t>{rows, rank};
+}
+
+Projection projection_for(const torch::Tensor& param, int64_t seed, const AccumulationOptions& options) {
+  return Projection(
+      seed, matrix_rows(param), matrix_cols(param), options.rank(), options.projection(), Projection::Seeding::direct,
+      param.options().dtype(torch::kFloat));
+}
+
+} // namespace
+
+CompressedAccumulator::CompressedAccumulator(std::vector<torch::Tensor> params, AccumulationOptions options)
+    : options_(options) {
+  TORCH_CHECK(
+      options.rank() >= 0, "AccumulationOptions: rank must be >= 0 (0: uncompressed accumulation), got ",
+      options.rank());
+  int64_t next_seed_value = options.seed();
+  for (auto& p : params) {
+    TORCH_CHECK(p.defined(), "CompressedAccumulator: parameter ", slots_.size(), " is undefined");
+    for (const auto& s : slots_) {
+      TORCH_CHECK(!s.param.is_same(p), "CompressedAccumulator: parameter ", slots_.size(), " appears twice");
+    }
+    Slot slot;
+    slot.param = p;
+    slot.compressed = options.rank() > 0 && p.dim() >= 2 && p.numel() > 0;
+    if (slot.compressed) {
+      slot.seed = next_seed_value++;
+    }
+    slots_.push_back(std::move(slot));
+  }
+}
+
+CompressedAccumulator::Slot& CompressedAccumulator::slot_for(const torch::Tensor& param) {
+  for (auto& s : slots_) {
+    if (s.param.is_same(param)) {
+      return s;
+    }
+  }
+  TORCH_CHECK(false, "CompressedAccumulator: the tensor of shape ", param.sizes(), " is not one of its parameters");
+}
+
+const CompressedAccumulator::Slot* CompressedAccumulator::find(const torch::Tensor& param) const {
+  for (const auto& s : slots_) {
+    if (s.param.is_same(param)) {
+      return &s;
+    }
+  }
+  return nullptr;
+}
+
+bool CompressedAccumulator::compressed(const torch::Tensor& param) const {
+  const Slot* s = find(param);
+  TORCH_CHECK(s != nullptr, "CompressedAccumulator: the tensor is not one of its parameters");
+  return s->compressed;
+}
+
+void CompressedAccumulator::accumulate() {
+  for (auto& s : slots_) {
+    accumulate(s.param);
+  }
+}
+
+void CompressedAccumulator::accumulate(const torch::Tensor& param) {
+  Slot& s = slot_for(param);
+  const torch::Tensor grad = param.grad();
+  if (!grad.defined()) {
+    return;
+  }
+  TORCH_CHECK(!grad.is_sparse(), "CompressedAccumulator: the gradient of a parameter of shape ", param.sizes(), " is sparse");
+  TORCH_CHECK(
+      grad.sizes() == param.sizes(), "CompressedAccumulator: a gradient of shape ", grad.sizes(),
+      " for a parameter of shape ", param.sizes());
+  torch::NoGradGuard no_grad;
+  if (s.compressed) {
+    const auto g = grad.reshape({matrix_rows(param), matrix_cols(param)}).to(torch::kFloat);
+    const Projection projection = projection_for(param, s.seed, options_);
+    if (!s.buffer.defined()) {
+      s.buffer = projection.down(g);
+    } else if (options_.projection() == ProjectionMode::reference) {
+      s.buffer.add_(projection.down(g)); // flora-opt's rounding: down(g) + C
+    } else {
+      projection.down_add_(s.buffer, g, 1.0, 1.0);
+    }
+  } else if (!s.buffer.defined()) {
+    s.buffer = grad.to(torch::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  } else {
+    s.buffer.add_(grad);
+  }
+  param.mutable_grad() = torch::Tensor(); // the full gradient is released
+}
+
+torch::Tensor CompressedAccumulator::take(const torch::Tensor& param) {
+  Slot& s = slot_for(param);
+  if (!s.buffer.defined()) {
+    return {};
+  }
+  torch::NoGradGuard no_grad;
+  torch::Tensor g;
+  if (s.compressed) {
+    // _unsafe_view: a gradient must not be a view (zero_grad detaches in place).
+    g = at::_unsafe_view(projection_for(param, s.seed, options_).up(s.buffer), param.sizes());
+    s.seed = next_seed(s.seed, options_.projection());
+  } else {
+    g = s.buffer;
+  }
+  s.buffer = torch::Tensor();
+  return g;
+}
+
+void CompressedAccumulator::restore() {
+  for (auto& s : slots_) {
+    auto g = take(s.param);
+    if (g.defined()) {
+      s.param.mutable_grad() = g.to(s.param.scalar_type());
+    }
+  }
+}
+
+int64_t CompressedAccumulator::buffer_bytes() const {
+  int64_t total = 0;
+  for (const auto& s : slots_) {
+    total += s.buffer.defined() ? static_cast<int64_t>(s.buffer.nbytes()) : 0;
+  }
+  return total;
+}
+
+void CompressedAccumulator::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("flora_accumulator", c10::IValue(static_cast<int64_t>(1)));
+  archive.write("rank", c10::IValue(options_.rank()));
+  archive.write("size", c10::IValue(static_cast<int64_t>(slots_.size())));
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    archive.write("seed/" + std::to_string(i), c10::IValue(slots_[i].seed));
+    if (slots_[i].buffer.defined()) {
+      archive.write("buffer/" + std::to_string(i), slots_[i].buffer);
+    }
+  }
+}
+
+void CompressedAccumulator::load(torch::serialize::InputArchive& archive) {
+  auto read_int = [&](const std::string& key) {
+    c10::IValue v;
+    TORCH_CHECK(
+        archive.try_read(key, v) && v.isInt(), "CompressedAccumulator::load: no integer '", key,
+        "' (not an accumulator checkpoint?)");
+    return v.toInt();
+  };
+  TORCH_CHECK(read_int("flora_accumulator") == 1, "CompressedAccumulator::load: unknown format");
+  const int64_t rank = read_int("rank");
+  TORCH_CHECK(
+      rank == options_.rank(), "CompressedAccumulator::load: the checkpoint has rank ", rank, ", this accumulator ",
+      options_.rank());
+  const int64_t size = read_int("size");
+  TORCH_CHECK(
+      size == static_cast<int64_t>(slots_.size()), "CompressedAccumulator::load: the checkpoint has ", size,
+      " parameters, this accumulator ", slots_.size());
+  std::vector<int64_t> seeds(slots_.size());
+  std::vector<torch::Tensor> buffers(slots_.size());
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    seeds[i] = read_int("seed/" + std::to_string(i));
+    c10::IValue v;
+    if (archive.try_read("buffer/" + std::to_string(i), v)) {
+      TORCH_CHECK(v.isTensor(), "CompressedAccumulator::load: buffer ", i, " is not a tensor");
+      const auto& p = slots_[i].param;
+      const std::vector<int64_t> expected =
+          slots_[i].compressed ? compressed_shape(p, options_.rank()) : p.sizes().vec();
+      TORCH_CHECK(
+          v.toTensor().sizes() == expected, "CompressedAccumulator::load: buffer ", i, " has shape ",
+          v.toTensor().sizes(), ", expected ", expected);
+      buffers[i] = v.toTensor().to(p.device(), torch::kFloat);
+    }
+  }
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    slots_[i].seed = seeds[i];
+    slots_[i].buffer = buffers[i];
+  }
+}
+
+} // namespace flora
