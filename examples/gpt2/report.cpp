@@ -74,7 +74,7 @@ void write_metrics_csv(const std::string& path, const std::vector<RunResult>& ru
     out << csv_field(r.name) << ',' << csv_field(r.label) << ",0,," << num(r.initial_eval_loss) << ",,0\n";
     for (const auto& s : r.records) {
       out << csv_field(r.name) << ',' << csv_field(r.label) << ',' << s.step << ',' << num(s.train_loss) << ','
-          << num(s.eval_loss) << ',' << num(s.lr) << ',' << num(s.elapsed_s, "%.6f") << '\n';
+          << num(s.eval_loss) << ',' << num(s.lr, "%.8g") << ',' << num(s.elapsed_s, "%.6f") << '\n';
     }
   }
   write_file_atomic(path, out.str());

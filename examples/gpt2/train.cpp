@@ -152,7 +152,8 @@ RunResult train(
       const auto peak = peak_memory(device);
       char eval_text[48] = "";
       if (do_eval) {
-        std::snprintf(eval_text, sizeof(eval_text), "  eval %.4f", record.eval_loss);
+        std::snprintf(eval_text, sizeof(eval_text), "  eval %.4f (ppl %.2f)", record.eval_loss,
+                      std::exp(record.eval_loss));
       }
       char line[320];
       std::snprintf(

@@ -19,6 +19,7 @@ Usage (from the repository root):
 
     ~/.cache/flora/gpt2-fixture-venv/bin/python examples/gpt2/tools/gen_unicode_tables.py
     python3 examples/gpt2/tools/gen_unicode_tables.py --unicodedata   # force the fallback
+    ... --out PATH                                                  # write elsewhere
 
 The output is deterministic for a given source; the header records which
 source and Unicode version made it.
@@ -95,7 +96,9 @@ def emit(name, rs):
 
 
 def main():
-    force_fallback = "--unicodedata" in sys.argv[1:]
+    args = sys.argv[1:]
+    force_fallback = "--unicodedata" in args
+    out = os.path.abspath(args[args.index("--out") + 1]) if "--out" in args else OUT
     try:
         if force_fallback:
             raise ImportError
@@ -129,10 +132,10 @@ struct CodePointRange {
 } // namespace flora::gpt2::unicode
 """ % (source, len(L), len(rl), len(N), len(rn), len(S), len(rs),
        emit("kLetterRanges", rl), emit("kNumberRanges", rn), emit("kSpaceRanges", rs))
-    with open(OUT, "w", encoding="utf-8") as f:
+    with open(out, "w", encoding="utf-8") as f:
         f.write(text)
     print("wrote %s: L %d ranges, N %d ranges, \\s %d ranges (%s)" % (
-        os.path.relpath(OUT), len(rl), len(rn), len(rs), source))
+        os.path.relpath(out), len(rl), len(rn), len(rs), source))
 
 
 if __name__ == "__main__":
