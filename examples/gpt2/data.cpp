@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdio>
 
 namespace flora::gpt2 {
 namespace {
@@ -64,7 +65,9 @@ TokenSplit make_split(
     const int64_t n_valid = static_cast<int64_t>(std::llround(static_cast<double>(n) * valid_fraction));
     split.train = train.slice(0, 0, n - n_valid).clone();
     split.valid = train.slice(0, n - n_valid).clone();
-    split.valid_source = "the last " + std::to_string(valid_fraction * 100.0) + "% of the training tokens";
+    char text[96];
+    std::snprintf(text, sizeof(text), "the last %g%% of the training tokens", valid_fraction * 100.0);
+    split.valid_source = text;
   }
   return split;
 }

@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
         static_cast<long long>(split.train.numel()), static_cast<long long>(split.valid.numel()),
         split.valid_source.c_str(), encode_s);
     std::printf(
-        "device %s, %d threads; %lld steps of %lld x %lld tokens x %lld micro-batches; warm-up %lld, seed %llu%s\n\n",
+        "device %s, threads %d; %lld steps of %lld x %lld tokens x %lld micro-batches; warm-up %lld, seed %llu%s\n\n",
         device.str().c_str(), torch::get_num_threads(), static_cast<long long>(cli.train.steps),
         static_cast<long long>(cli.train.batch_size), static_cast<long long>(cli.train.block_size),
         static_cast<long long>(cli.train.grad_accum), static_cast<long long>(cli.train.warmup_steps),
@@ -217,8 +217,15 @@ int main(int argc, char** argv) {
       gpt2::LoadReport report;
       auto model = gpt2::load_pretrained(cli.model_dir, torch::kFloat, device, &report);
       if (results.empty()) {
-        std::printf("weights: %s%s%zu tensor(s) skipped\n", report.stored_dtype.c_str(),
-                    report.stored_dtype.empty() ? "" : " converted to float32; ", report.skipped.size());
+        std::string skipped;
+        for (size_t i = 0; i < report.skipped.size() && i < 4; ++i) {
+          skipped += (i ? ", " : ": ") + report.skipped[i];
+        }
+        if (report.skipped.size() > 4) {
+          skipped += ", ...";
+        }
+        std::printf("weights: stored as %s, trained in float32; %zu tensor(s) in the file skipped%s\n",
+                    report.stored_dtype.c_str(), report.skipped.size(), skipped.c_str());
       }
       results.push_back(gpt2::train(model, split, spec, cli.train, device, log_line));
       if (!cli.save_model.empty() && results.back().failure.empty()) {

@@ -73,6 +73,9 @@ RunResult train(
   TORCH_CHECK(
       options.block_size > 0 && options.block_size <= model->config().n_positions, "--block-size must be in [1, ",
       model->config().n_positions, "] (the model's n_positions), got ", options.block_size);
+  TORCH_CHECK(split.train.numel() > 1, "the training text has no tokens");
+  TORCH_CHECK(split.valid.numel() > 1, "the held-out text has no tokens");
+  const int64_t eval_batch = options.eval_batch_size > 0 ? options.eval_batch_size : options.batch_size;
   const int64_t max_id = std::max(split.train.max().item<int64_t>(), split.valid.max().item<int64_t>());
   TORCH_CHECK(
       max_id < model->config().vocab_size, "the tokenizer produced id ", max_id, " but the model's vocab_size is ",
@@ -93,7 +96,7 @@ RunResult train(
 
   reset_peak_memory(device);
   auto stepper = make_stepper(spec, model->parameters());
-  result.initial_eval_loss = evaluate(model, eval_x, eval_y, options.eval_batch_size, device);
+  result.initial_eval_loss = evaluate(model, eval_x, eval_y, eval_batch, device);
   {
     char line[256];
     std::snprintf(line, sizeof(line), "[%s] %s: initial eval loss %.4f", spec.name.c_str(), result.label.c_str(),
@@ -143,7 +146,7 @@ RunResult train(
     record.elapsed_s = train_seconds;
     const bool do_eval = step == options.steps || (options.eval_every > 0 && step % options.eval_every == 0);
     if (do_eval) {
-      record.eval_loss = evaluate(model, eval_x, eval_y, options.eval_batch_size, device);
+      record.eval_loss = evaluate(model, eval_x, eval_y, eval_batch, device);
       last_eval = record.eval_loss;
     }
     result.records.push_back(record);

@@ -29,7 +29,9 @@ struct TrainOptions {
   int64_t eval_every = 100;
   /// Evaluate on at most this many held-out blocks (0: all).
   int64_t eval_max_blocks = 0;
-  int64_t eval_batch_size = 32;
+  /// Sequences per evaluation batch; 0: batch_size (which the user sized to
+  /// fit memory: the logits of a real GPT-2 are big).
+  int64_t eval_batch_size = 0;
   /// Print a progress line every this many steps (0: never).
   int64_t log_every = 100;
   uint64_t seed = 0;
