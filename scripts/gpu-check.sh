@@ -44,8 +44,9 @@ grep -E "tests passed|tests failed" "$OUT/ctest.log"
 
 stamp "compute-sanitizer memcheck"
 sanitizer_rc=0
-if command -v compute-sanitizer > /dev/null; then
-  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 99 \
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$sanitizer" ]; then
+  timeout 240 "$sanitizer" --tool memcheck --error-exitcode 99 \
     "$BUILD/tests/flora_cuda_tests" --gtest_brief=1 > "$OUT/sanitizer.log" 2>&1
   sanitizer_rc=$?
   grep -E "ERROR SUMMARY" "$OUT/sanitizer.log" | tail -1
@@ -86,7 +87,8 @@ except Exception as e:  # noqa: BLE001
     print("no benchmark results:", e)
 print()
 print("flora GPU check:", read("machine.txt").strip().replace("\n", " | "))
-print(f"  tests (CPU + CUDA)      : {'PASS' if test_rc == 0 else 'FAIL'}  ({re.findall(r'(\d+% tests passed.*)', read('ctest.log'))})")
+passed = re.findall(r"(\d+% tests passed.*)", read("ctest.log"))
+print(f"  tests (CPU + CUDA)      : {'PASS' if test_rc == 0 else 'FAIL'}  ({passed[-1] if passed else 'no ctest summary'})")
 for line in agreement:
     print(f"  agreement              : {line}")
 print(f"  compute-sanitizer      : {'clean' if san_rc == 0 and san and san[-1] == '0' else 'FAIL (rc %d, %s errors)' % (san_rc, san[-1] if san else '?')}")

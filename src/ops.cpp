@@ -23,6 +23,9 @@ TORCH_LIBRARY(flora, m) {
       "full_moment_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg_sqs, "
       "Tensor(c!)[] exp_avgs, float[] beta2s, float[] lrs, float eps1, float eps2, float beta1, "
       "bool scale_parameter, float clip_threshold, float weight_decay) -> Tensor[]");
+  m.def(
+      "quantize_blockwise_(Tensor x, Tensor(a!) codes, Tensor(b!) absmax, Tensor code, int block_size) -> ()");
+  m.def("dequantize_blockwise(Tensor codes, Tensor absmax, Tensor code, int block_size) -> Tensor");
 }
 
 namespace {

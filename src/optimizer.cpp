@@ -4,6 +4,7 @@
 #include <flora/ops.h>
 #include <flora/optimizer.h>
 #include <flora/projection.h>
+#include <flora/quantization.h>
 
 #include <torch/optim/serialize.h>
 #include <torch/serialize/archive.h>
@@ -57,6 +58,8 @@ void FloraParamState::serialize(torch::serialize::OutputArchive& archive) const 
   write_tensor(archive, "exp_avg_sq_row", exp_avg_sq_row());
   write_tensor(archive, "exp_avg_sq_col", exp_avg_sq_col());
   write_tensor(archive, "exp_avg_sq", exp_avg_sq());
+  write_tensor(archive, "exp_avg_absmax", exp_avg_absmax());
+  write_tensor(archive, "exp_avg_sq_absmax", exp_avg_sq_absmax());
 }
 
 void FloraParamState::serialize(torch::serialize::InputArchive& archive) {
@@ -74,18 +77,23 @@ void FloraParamState::serialize(torch::serialize::InputArchive& archive) {
   s.exp_avg_sq_row(read_tensor(archive, "exp_avg_sq_row"));
   s.exp_avg_sq_col(read_tensor(archive, "exp_avg_sq_col"));
   s.exp_avg_sq(read_tensor(archive, "exp_avg_sq"));
+  s.exp_avg_absmax(read_tensor(archive, "exp_avg_absmax"));
+  s.exp_avg_sq_absmax(read_tensor(archive, "exp_avg_sq_absmax"));
   *this = s;
 }
 
 bool operator==(const FloraParamState& lhs, const FloraParamState& rhs) {
   return lhs.step() == rhs.step() && lhs.seed() == rhs.seed() && same_tensor(lhs.rms(), rhs.rms()) &&
       same_tensor(lhs.exp_avg(), rhs.exp_avg()) && same_tensor(lhs.exp_avg_sq_row(), rhs.exp_avg_sq_row()) &&
-      same_tensor(lhs.exp_avg_sq_col(), rhs.exp_avg_sq_col()) && same_tensor(lhs.exp_avg_sq(), rhs.exp_avg_sq());
+      same_tensor(lhs.exp_avg_sq_col(), rhs.exp_avg_sq_col()) && same_tensor(lhs.exp_avg_sq(), rhs.exp_avg_sq()) &&
+      same_tensor(lhs.exp_avg_absmax(), rhs.exp_avg_absmax()) &&
+      same_tensor(lhs.exp_avg_sq_absmax(), rhs.exp_avg_sq_absmax());
 }
 
 int64_t FloraParamState::nbytes() const {
   return tensor_bytes(rms()) + tensor_bytes(exp_avg()) + tensor_bytes(exp_avg_sq_row()) +
-      tensor_bytes(exp_avg_sq_col()) + tensor_bytes(exp_avg_sq());
+      tensor_bytes(exp_avg_sq_col()) + tensor_bytes(exp_avg_sq()) + tensor_bytes(exp_avg_absmax()) +
+      tensor_bytes(exp_avg_sq_absmax());
 }
 
 ParamLayout ParamLayout::of(torch::IntArrayRef shape, const FloraOptions& options) {
@@ -173,21 +181,59 @@ void check_all_finite(const std::vector<PendingUpdate>& pending) {
   }
 }
 
+// A moment's zeros: float32, or, quantized, the codes and absmax that
+// quantizing zeros gives (all 0).
+void initialize_moment(
+    torch::Tensor& value, torch::Tensor& absmax, torch::IntArrayRef shape, const FloraOptions& options,
+    const torch::TensorOptions& fp32) {
+  if (!options.quantization()) {
+    value = torch::zeros(shape, fp32);
+    return;
+  }
+  value = torch::zeros(shape, fp32.dtype(torch::kUInt8));
+  absmax = torch::zeros({quantization_blocks(value.numel(), options.quantization_block_size())}, fp32);
+}
+
 void initialize_state(
     FloraParamState& state, const ParamLayout& layout, torch::IntArrayRef shape, const FloraOptions& options,
     const torch::TensorOptions& fp32) {
   if (layout.momentum) {
-    state.exp_avg(
-        layout.compressed ? torch::zeros(compressed_momentum_shape(shape, *options.rank()), fp32)
-                          : torch::zeros(shape, fp32));
+    const auto momentum_shape = layout.compressed ? compressed_momentum_shape(shape, *options.rank()) : shape.vec();
+    initialize_moment(state.exp_avg(), state.exp_avg_absmax(), momentum_shape, options, fp32);
   }
   if (layout.factored) {
     state.exp_avg_sq_row(torch::zeros({shape[0]}, fp32));
     state.exp_avg_sq_col(torch::zeros({shape[1]}, fp32));
   } else {
-    state.exp_avg_sq(torch::zeros(shape, fp32));
+    initialize_moment(state.exp_avg_sq(), state.exp_avg_sq_absmax(), shape, options, fp32);
   }
 }
+
+// A moment to work on in float32 during a step: the state tensor itself, or
+// its dequantized copy, written back (requantized) by store().
+class WorkingMoment {
+ public:
+  WorkingMoment(torch::Tensor& value, torch::Tensor& absmax, const FloraOptions& options)
+      : value_(value), absmax_(absmax), block_(options.quantization_block_size()), quantized_(options.quantization()) {
+    work_ = quantized_ ? dequantize_blockwise(QuantizedTensor{value_, absmax_}, block_) : value_;
+  }
+  torch::Tensor& get() {
+    return work_;
+  }
+  void store() {
+    if (quantized_) {
+      QuantizedTensor target{value_, absmax_};
+      quantize_blockwise_into(work_, target, block_);
+    }
+  }
+
+ private:
+  torch::Tensor& value_;
+  torch::Tensor& absmax_;
+  torch::Tensor work_;
+  int64_t block_;
+  bool quantized_;
+};
 
 // beta2_t = 1 - t^decay_rate.
 double beta2_at(int64_t step, const FloraOptions& options) {
@@ -212,15 +258,18 @@ struct FullMomentBatch {
   std::vector<torch::Tensor> params, grads, exp_avg_sqs, exp_avgs;
   std::vector<double> beta2s, lrs;
   std::vector<FloraParamState*> states;
+  std::vector<WorkingMoment> moments; // requantized after the step
   bool momentum = false;
 
   void add(const torch::Tensor& param, const torch::Tensor& grad, FloraParamState& state, bool with_momentum) {
     momentum = with_momentum; // the same for the whole batch: beta1 is per group
     params.push_back(param);
     grads.push_back(grad);
-    exp_avg_sqs.push_back(state.exp_avg_sq());
+    moments.emplace_back(state.exp_avg_sq(), state.exp_avg_sq_absmax(), *options);
+    exp_avg_sqs.push_back(moments.back().get());
     if (with_momentum) {
-      exp_avgs.push_back(state.exp_avg());
+      moments.emplace_back(state.exp_avg(), state.exp_avg_absmax(), *options);
+      exp_avgs.push_back(moments.back().get());
     }
     beta2s.push_back(beta2_at(state.step(), *options));
     lrs.push_back(step_size_at(state.step(), *options));
@@ -234,6 +283,9 @@ struct FullMomentBatch {
         options->scale_parameter(), options->clip_threshold(), options->weight_decay());
     for (size_t i = 0; i < states.size(); ++i) {
       states[i]->rms(rms[i]);
+    }
+    for (auto& m : moments) {
+      m.store();
     }
   }
 };
@@ -252,7 +304,8 @@ void update_factored(
 
   if (layout.momentum) {
     const double b1 = *options.beta1();
-    auto& m = state.exp_avg();
+    WorkingMoment moment(state.exp_avg(), state.exp_avg_absmax(), options);
+    auto& m = moment.get();
     if (!layout.compressed) {
       // (1 - b1) u + b1 m, rounded as flora-opt rounds it.
       update.mul_(1.0 - b1);
@@ -297,6 +350,7 @@ void update_factored(
       }
       update = std::move(mixed);
     }
+    moment.store();
   }
 
   state.rms(ops::apply_update_(
@@ -439,7 +493,8 @@ void Flora::save(torch::serialize::OutputArchive& archive) const {
 namespace {
 
 void expect_state_tensor(
-    const torch::Tensor& t, const char* name, bool wanted, torch::IntArrayRef shape, const std::string& who) {
+    const torch::Tensor& t, const char* name, bool wanted, torch::IntArrayRef shape, const std::string& who,
+    torch::Dtype dtype = torch::kFloat) {
   if (!wanted) {
     TORCH_CHECK(!t.defined(), "Flora::load: ", who, " has an unexpected '", name, "' in the checkpoint");
     return;
@@ -449,8 +504,23 @@ void expect_state_tensor(
       t.sizes() == shape, "Flora::load: ", who, ": '", name, "' has shape ", t.sizes(), ", expected ", shape,
       " (was the checkpoint written for other parameters or options?)");
   TORCH_CHECK(
-      t.scalar_type() == torch::kFloat, "Flora::load: ", who, ": '", name, "' has dtype ", t.scalar_type(),
-      ", expected float32");
+      t.scalar_type() == dtype, "Flora::load: ", who, ": '", name, "' has dtype ", t.scalar_type(), ", expected ",
+      dtype);
+}
+
+// A moment stored as float32, or as uint8 codes plus one absmax per block.
+void expect_moment(
+    const torch::Tensor& value, const torch::Tensor& absmax, const char* name, const char* absmax_name, bool wanted,
+    torch::IntArrayRef shape, const FloraOptions& options, const std::string& who) {
+  const bool quantized = options.quantization();
+  expect_state_tensor(value, name, wanted, shape, who, quantized ? torch::kUInt8 : torch::kFloat);
+  int64_t numel = 1;
+  for (auto d : shape) {
+    numel *= d;
+  }
+  expect_state_tensor(
+      absmax, absmax_name, wanted && quantized,
+      {quantized ? quantization_blocks(numel, options.quantization_block_size()) : 0}, who);
 }
 
 void check_loaded_state(
@@ -464,11 +534,13 @@ void check_loaded_state(
   expect_state_tensor(s.rms(), "rms", true, {}, who);
   const auto momentum_shape =
       layout.compressed ? compressed_momentum_shape(shape, *options.rank()) : shape.vec();
-  expect_state_tensor(s.exp_avg(), "exp_avg", layout.momentum, momentum_shape, who);
+  expect_moment(
+      s.exp_avg(), s.exp_avg_absmax(), "exp_avg", "exp_avg_absmax", layout.momentum, momentum_shape, options, who);
   expect_state_tensor(s.exp_avg_sq_row(), "exp_avg_sq_row", layout.factored, layout.factored ? shape.slice(0, 1) : shape, who);
   expect_state_tensor(
       s.exp_avg_sq_col(), "exp_avg_sq_col", layout.factored, layout.factored ? shape.slice(1, 1) : shape, who);
-  expect_state_tensor(s.exp_avg_sq(), "exp_avg_sq", !layout.factored, shape, who);
+  expect_moment(
+      s.exp_avg_sq(), s.exp_avg_sq_absmax(), "exp_avg_sq", "exp_avg_sq_absmax", !layout.factored, shape, options, who);
 }
 
 torch::Tensor to_device(const torch::Tensor& t, const torch::Device& device) {
@@ -530,6 +602,8 @@ void Flora::load(torch::serialize::InputArchive& archive) {
       moved->exp_avg_sq_row(to_device(saved.exp_avg_sq_row(), device));
       moved->exp_avg_sq_col(to_device(saved.exp_avg_sq_col(), device));
       moved->exp_avg_sq(to_device(saved.exp_avg_sq(), device));
+      moved->exp_avg_absmax(to_device(saved.exp_avg_absmax(), device));
+      moved->exp_avg_sq_absmax(to_device(saved.exp_avg_sq_absmax(), device));
       next_state[params[i].unsafeGetTensorImpl()] = std::move(moved);
     }
   }

@@ -20,6 +20,7 @@ bool operator==(const FloraOptions& lhs, const FloraOptions& rhs) {
       lhs.warmup_init() == rhs.warmup_init() &&
       lhs.factorize_second_moment() == rhs.factorize_second_moment() &&
       lhs.seed() == rhs.seed() && lhs.quantization() == rhs.quantization() &&
+      lhs.quantization_block_size() == rhs.quantization_block_size() &&
       lhs.projection() == rhs.projection() &&
       lhs.check_finite() == rhs.check_finite();
 }
@@ -41,6 +42,7 @@ void FloraOptions::serialize(torch::serialize::OutputArchive& archive) const {
   archive.write("factorize_second_moment", c10::IValue(factorize_second_moment()));
   archive.write("seed", c10::IValue(seed()));
   archive.write("quantization", c10::IValue(quantization()));
+  archive.write("quantization_block_size", c10::IValue(quantization_block_size()));
   archive.write("projection", c10::IValue(static_cast<int64_t>(projection())));
   archive.write("check_finite", c10::IValue(check_finite()));
 }
@@ -74,6 +76,7 @@ void FloraOptions::serialize(torch::serialize::InputArchive& archive) {
   o.factorize_second_moment(read(archive, "factorize_second_moment").toBool());
   o.seed(read(archive, "seed").toInt());
   o.quantization(read(archive, "quantization").toBool());
+  o.quantization_block_size(read(archive, "quantization_block_size").toInt());
   const int64_t mode = read(archive, "projection").toInt();
   TORCH_CHECK(
       mode == static_cast<int64_t>(ProjectionMode::philox) ||
@@ -138,8 +141,8 @@ void validate(const FloraOptions& o, const char* where) {
       std::isfinite(o.weight_decay()) && o.weight_decay() >= 0,
       where, ": weight_decay must be non-negative and finite, got ", o.weight_decay());
   TORCH_CHECK(
-      !o.quantization(),
-      where, ": quantization=true (8-bit optimizer states) is not supported yet");
+      o.quantization_block_size() > 0,
+      where, ": quantization_block_size must be positive, got ", o.quantization_block_size());
 }
 
 } // namespace flora

@@ -26,6 +26,7 @@ TEST(FloraOptions, DefaultsAreFloraOpts) {
   EXPECT_TRUE(o.factorize_second_moment());
   EXPECT_EQ(o.seed(), 0);
   EXPECT_FALSE(o.quantization());
+  EXPECT_EQ(o.quantization_block_size(), 4096);
   EXPECT_EQ(o.projection(), flora::ProjectionMode::philox);
   EXPECT_TRUE(o.check_finite());
 }
@@ -52,6 +53,8 @@ TEST(FloraOptions, SerializeRoundTrip) {
                    .scale_parameter(false)
                    .factorize_second_moment(false)
                    .seed(-5)
+                   .quantization(true)
+                   .quantization_block_size(256)
                    .projection(flora::ProjectionMode::reference)
                    .check_finite(false);
   torch::serialize::OutputArchive out;
@@ -122,7 +125,7 @@ TEST(FloraOptions, BadInputIsRejectedWithTheArgumentNamed) {
   expect_error([&] { make(FloraOptions(1e-3).rank(-4)); }, "rank must be positive when given, got -4");
   expect_error([&] { make(FloraOptions(1e-3).beta1(1.0)); }, "beta1 must be in [0, 1) when given, got 1");
   expect_error([&] { make(FloraOptions(1e-3).decay_rate(0.5)); }, "decay_rate must be <= 0");
-  expect_error([&] { make(FloraOptions(1e-3).quantization(true)); }, "quantization=true (8-bit optimizer states) is not supported yet");
+  expect_error([&] { make(FloraOptions(1e-3).quantization(true).quantization_block_size(0)); }, "quantization_block_size must be positive, got 0");
 }
 
 TEST(FloraOptions, BadGroupOptionsNameTheGroup) {

@@ -24,7 +24,8 @@ inline const std::vector<std::string>& parity_fixture_names() {
   static const std::vector<std::string> names = {
       "factored_no_momentum", "full_second_moment", "momentum_uncompressed", "compressed",
       "compressed_kappa1",    "compressed_full_second_moment", "relative_step", "relative_step_warmup",
-      "no_scale_parameter",   "weight_decay", "half_precision", "param_groups", "large_seed"};
+      "no_scale_parameter",   "weight_decay", "half_precision", "param_groups", "large_seed",
+      "quantized_momentum_uncompressed", "quantized_compressed", "quantized_factored"};
   return names;
 }
 
@@ -66,6 +67,8 @@ inline void apply_fixture_options(FloraOptions& o, const c10::IValue& kwargs) {
       o.factorize_second_moment(v.toBool());
     } else if (key == "seed") {
       o.seed(v.toInt());
+    } else if (key == "quantization") {
+      o.quantization(v.toBool());
     } else {
       ADD_FAILURE() << "unknown option in fixture: " << key;
     }

@@ -18,6 +18,7 @@ using flora::testing::relative_error;
 constexpr double kTolerance = 1e-6;
 
 double worst_error = 0.0; // over one fixture, reported at its end
+int64_t worst_code_mismatch = 0;
 
 void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, const std::string& what) {
   ASSERT_TRUE(actual.defined()) << what << " is missing";
@@ -32,6 +33,7 @@ class Parity : public ::testing::TestWithParam<std::string> {};
 TEST_P(Parity, MatchesFloraOptEveryStep) {
   const auto fixture = ParityFixture::load(GetParam());
   worst_error = 0.0;
+  worst_code_mismatch = 0;
   auto params = fixture.initial_params();
   auto optimizer_ptr = fixture.make_optimizer(params, flora::ProjectionMode::reference);
   auto& optimizer = *optimizer_ptr;
@@ -67,23 +69,46 @@ TEST_P(Parity, MatchesFloraOptEveryStep) {
       EXPECT_EQ(state.step(), fixture_get(expected, "step").toInt()) << where;
       EXPECT_EQ(state.seed(), fixture_get(expected, "seed").toInt()) << where;
       expect_close(state.rms(), fixture_get(expected, "RMS").toTensor(), where + " RMS");
-      const std::pair<const char*, torch::Tensor> tensors[] = {
-          {"exp_avg", state.exp_avg()},
-          {"exp_avg_sq_row", state.exp_avg_sq_row()},
-          {"exp_avg_sq_col", state.exp_avg_sq_col()},
-          {"exp_avg_sq", state.exp_avg_sq()}};
-      for (const auto& [key, actual] : tensors) {
+      struct Moment {
+        const char* key;
+        torch::Tensor value;
+        torch::Tensor absmax; // defined when quantized
+      };
+      const Moment moments[] = {
+          {"exp_avg", state.exp_avg(), state.exp_avg_absmax()},
+          {"exp_avg_sq_row", state.exp_avg_sq_row(), {}},
+          {"exp_avg_sq_col", state.exp_avg_sq_col(), {}},
+          {"exp_avg_sq", state.exp_avg_sq(), state.exp_avg_sq_absmax()}};
+      for (const auto& [key, actual, absmax] : moments) {
         const auto reference = fixture_get(expected, key);
         if (reference.isNone()) {
           EXPECT_FALSE(actual.defined()) << where << " has an unexpected " << key;
-        } else {
-          expect_close(actual, reference.toTensor(), where + " " + key);
+          continue;
         }
+        const auto codes = fixture_get(expected, std::string(key) + "_q");
+        if (codes.isNone()) {
+          expect_close(actual, reference.toTensor(), where + " " + key);
+          continue;
+        }
+        // Quantized: the same 8-bit codes, absmax, and dequantized values.
+        ASSERT_TRUE(absmax.defined()) << where << " " << key << " is not quantized";
+        ASSERT_EQ(actual.scalar_type(), torch::kUInt8) << where << " " << key;
+        const int64_t differing = actual.ne(codes.toTensor()).sum().item<int64_t>();
+        worst_code_mismatch = std::max(worst_code_mismatch, differing);
+        EXPECT_EQ(differing, 0) << where << " " << key << " codes";
+        expect_close(absmax, fixture_get(expected, std::string(key) + "_absmax").toTensor(), where + " " + key + " absmax");
+        const auto block = fixture.get("quant_block_size").toInt();
+        expect_close(
+            flora::dequantize_blockwise({actual, absmax}, block), reference.toTensor(),
+            where + " " + key + " dequantized");
       }
     }
   }
   std::cout << "[ parity   ] " << GetParam() << ": " << steps
-            << " steps, largest relative error " << worst_error << std::endl;
+            << " steps, largest relative error " << worst_error
+            << (fixture.get("quant_code").isNone() ? std::string()
+                                                   : ", 8-bit codes differing " + std::to_string(worst_code_mismatch))
+            << std::endl;
   RecordProperty("largest_relative_error", std::to_string(worst_error));
 }
 

@@ -10,5 +10,6 @@
 #include <flora/optimizer.h>
 #include <flora/options.h>
 #include <flora/projection.h>
+#include <flora/quantization.h>
 #include <flora/state_bytes.h>
 #include <flora/version.h>

@@ -20,7 +20,9 @@ namespace flora {
 /// Per-parameter state. Tensors that a parameter does not use stay undefined:
 /// exp_avg without momentum; exp_avg_sq_row/col unless factored; exp_avg_sq
 /// when factored. A compressed exp_avg is (rank, n) when the parameter is
-/// (m, n) with m < n, else (m, rank).
+/// (m, n) with m < n, else (m, rank). With quantization, exp_avg and
+/// exp_avg_sq hold uint8 codes and exp_avg_absmax / exp_avg_sq_absmax the
+/// float32 absmax of each block (see quantization.h).
 struct FLORA_API FloraParamState
     : public torch::optim::OptimizerCloneableParamState<FloraParamState> {
   /// Steps taken by this parameter.
@@ -33,6 +35,8 @@ struct FLORA_API FloraParamState
   TORCH_ARG(torch::Tensor, exp_avg_sq_row);
   TORCH_ARG(torch::Tensor, exp_avg_sq_col);
   TORCH_ARG(torch::Tensor, exp_avg_sq);
+  TORCH_ARG(torch::Tensor, exp_avg_absmax);
+  TORCH_ARG(torch::Tensor, exp_avg_sq_absmax);
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;

@@ -69,9 +69,13 @@ struct FLORA_API FloraOptions
   /// Base seed: the i-th parameter (1-based, counted over all groups in
   /// order, including those that do not require grad) gets seed + i.
   TORCH_ARG(int64_t, seed) = 0;
-  /// Keep exp_avg / exp_avg_sq as blockwise 8-bit tensors (not supported
-  /// yet: setting it is an error, never silently ignored).
+  /// Keep exp_avg and exp_avg_sq (not the factored row/column moments) as
+  /// blockwise dynamic 8-bit tensors, as flora-opt does with bitsandbytes
+  /// (see quantization.h): a quarter of the bytes.
   TORCH_ARG(bool, quantization) = false;
+  /// Elements per quantization block (one float32 absmax each); flora-opt
+  /// uses bitsandbytes' 4096. Not in flora-opt.
+  TORCH_ARG(int64_t, quantization_block_size) = 4096;
   /// Source of the projection matrices (not in flora-opt, which has only the
   /// reference behaviour).
   TORCH_ARG(ProjectionMode, projection) = ProjectionMode::philox;

@@ -145,4 +145,23 @@ TEST(CudaKernels, FullMomentStepMatchesCpu) {
   }
 }
 
+TEST(CudaKernels, QuantizationCodesAreIdentical) {
+  FLORA_REQUIRE_CUDA();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(2);
+  for (int64_t n : {1, 4095, 4097, 1000003}) {
+    for (int64_t block : {4096, 256}) {
+      auto x = torch::randn({n}, gen);
+      if (n > 10) {
+        x[7] = 1e30f;
+        x.narrow(0, 0, 4).zero_();
+      }
+      const auto cpu = flora::quantize_blockwise(x, block);
+      const auto gpu = flora::quantize_blockwise(x.cuda(), block);
+      EXPECT_TRUE(torch::equal(cpu.codes, gpu.codes.cpu())) << n << " block " << block;
+      EXPECT_TRUE(torch::equal(cpu.absmax, gpu.absmax.cpu())) << n << " block " << block;
+      EXPECT_TRUE(torch::equal(flora::dequantize_blockwise(cpu, block), flora::dequantize_blockwise(gpu, block).cpu()));
+    }
+  }
+}
+
 } // namespace
