@@ -1,4 +1,5 @@
 #include <flora/optimizer.h>
+#include <flora/quantization.h>
 #include <flora/state_bytes.h>
 
 #include <torch/optim.h>
@@ -39,6 +40,55 @@ int64_t optimizer_state_bytes(const torch::optim::Optimizer& optimizer) {
   int64_t total = 0;
   for (const auto& entry : optimizer.state()) {
     total += state_bytes(*entry.second);
+  }
+  return total;
+}
+
+namespace {
+
+int64_t count(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (auto d : shape) {
+    n *= d;
+  }
+  return n;
+}
+
+// Bytes of one moment of `numel` elements: float32, or 8-bit codes plus one
+// float32 absmax per block.
+int64_t moment_bytes(int64_t numel, const FloraOptions& options) {
+  if (!options.quantization()) {
+    return 4 * numel;
+  }
+  return numel + 4 * quantization_blocks(numel, options.quantization_block_size());
+}
+
+} // namespace
+
+int64_t estimate_state_bytes(const std::vector<std::vector<int64_t>>& shapes, const FloraOptions& options) {
+  int64_t total = 0;
+  for (const auto& shape : shapes) {
+    const int64_t numel = count(shape);
+    if (numel == 0) {
+      continue; // never stepped
+    }
+    const auto layout = ParamLayout::of(shape, options);
+    total += 4; // rms
+    if (layout.momentum) {
+      const int64_t momentum = layout.compressed
+          ? *options.rank() * (shape[0] < shape[1] ? shape[1] : shape[0])
+          : numel;
+      total += moment_bytes(momentum, options);
+    }
+    total += layout.factored ? 4 * (shape[0] + shape[1]) : moment_bytes(numel, options);
+  }
+  return total;
+}
+
+int64_t estimate_adam_state_bytes(const std::vector<std::vector<int64_t>>& shapes) {
+  int64_t total = 0;
+  for (const auto& shape : shapes) {
+    total += 2 * 4 * count(shape);
   }
   return total;
 }

@@ -34,4 +34,29 @@ TEST(StateBytes, AdamCountsBothMoments) {
   EXPECT_EQ(flora::optimizer_state_bytes(sgd), 4 * 64 * 256);
 }
 
+TEST(StateBytes, EstimateFromShapesEqualsTheAllocatedState) {
+  const std::vector<std::vector<int64_t>> shapes = {{64, 256}, {512, 64}, {256}, {}, {3, 4, 5}, {8, 8}, {5000}};
+  for (const auto& options :
+       {flora::FloraOptions(1e-3), flora::FloraOptions(1e-3).beta1(0.9), flora::FloraOptions(1e-3).beta1(0.9).rank(8),
+        flora::FloraOptions(1e-3).beta1(0.9).rank(8).quantization(true),
+        flora::FloraOptions(1e-3).beta1(0.9).factorize_second_moment(false).quantization(true).quantization_block_size(100)}) {
+    std::vector<torch::Tensor> params;
+    for (const auto& s : shapes) {
+      params.push_back(torch::randn(s, torch::requires_grad()));
+      params.back().mutable_grad() = torch::randn(s);
+    }
+    flora::Flora opt(params, options);
+    opt.step();
+    EXPECT_EQ(flora::estimate_state_bytes(shapes, options), opt.state_bytes());
+  }
+  std::vector<torch::Tensor> params;
+  for (const auto& s : shapes) {
+    params.push_back(torch::randn(s, torch::requires_grad()));
+    params.back().mutable_grad() = torch::randn(s);
+  }
+  torch::optim::Adam adam(params, torch::optim::AdamOptions(1e-3));
+  adam.step();
+  EXPECT_EQ(flora::estimate_adam_state_bytes(shapes), flora::optimizer_state_bytes(adam));
+}
+
 } // namespace

@@ -120,10 +120,12 @@ int main(int argc, char** argv) {
   app.add_option("--flora-seed", cli.flora_seed, "flora: seed of the random projections");
   app.add_option("--projection", cli.projection, "flora: philox or reference")
       ->check(CLI::IsMember({"philox", "reference"}));
-  app.add_option("--quantization", cli.quantization, "flora: 8-bit optimizer states (not available yet)");
+  app.add_option("--quantization", cli.quantization, "flora: none or 8bit (blockwise 8-bit optimizer states)")
+      ->check(CLI::IsMember({"none", "8bit"}));
   app.add_option("--accumulation-rank", cli.accumulation_rank,
-                 "flora: compressed gradient accumulation rank (not available yet)");
-  app.add_flag("--fused-backward", cli.fused_backward, "flora: apply the update inside backward (not available yet)");
+                 "compress the gradient accumulation of --grad-accum micro-batches to this rank (any optimizer)");
+  app.add_flag("--fused-backward", cli.fused_backward,
+               "flora: update each parameter inside backward and release its gradient at once");
   app.add_option("--steps", cli.train.steps, "optimizer steps per run");
   app.add_option("--batch-size", cli.train.batch_size, "sequences per micro-batch");
   app.add_option("--block-size", cli.train.block_size, "tokens per sequence (<= the model's n_positions)");
@@ -179,6 +181,7 @@ int main(int argc, char** argv) {
       spec.quantization = cli.quantization;
       spec.accumulation_rank = cli.accumulation_rank;
       spec.fused_backward = cli.fused_backward;
+      spec.micro_batches = cli.train.grad_accum;
       gpt2::validate(spec);
       specs.push_back(spec);
     }

@@ -47,6 +47,64 @@ class OptimizerStepper : public TrainStepper {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
 };
 
+/// Gradients folded into a flora::CompressedAccumulator after each
+/// micro-batch and released; restored before optimizer.step().
+class AccumulatingStepper : public OptimizerStepper {
+ public:
+  AccumulatingStepper(
+      OptimizerSpec spec, std::unique_ptr<torch::optim::Optimizer> optimizer, const std::vector<torch::Tensor>& params)
+      : OptimizerStepper(spec, std::move(optimizer)),
+        accumulator_(
+            params,
+            AccumulationOptions(spec.accumulation_rank).projection(spec.projection).seed(spec.seed)) {}
+
+  void backward(const torch::Tensor& loss, bool /*last*/) override {
+    loss.backward();
+    accumulator_.accumulate();
+  }
+  void finish_step() override {
+    accumulator_.restore();
+    OptimizerStepper::finish_step();
+  }
+
+ private:
+  CompressedAccumulator accumulator_;
+};
+
+/// Each parameter updated inside backward by a flora::FusedBackward.
+class FusedStepper : public TrainStepper {
+ public:
+  FusedStepper(OptimizerSpec spec, std::unique_ptr<Flora> optimizer)
+      : TrainStepper(spec), optimizer_(std::move(optimizer)) {
+    auto options = FusedBackwardOptions().accumulation_steps(spec.micro_batches).projection(spec.projection);
+    if (spec.accumulation_rank > 0) {
+      options.accumulation_rank(spec.accumulation_rank).accumulation_seed(spec.seed);
+    }
+    fused_ = std::make_unique<FusedBackward>(*optimizer_, options);
+  }
+
+  void begin_step() override {} // gradients are released inside backward
+  void backward(const torch::Tensor& loss, bool /*last*/) override {
+    loss.backward();
+  }
+  void finish_step() override {}
+  void set_lr(double lr) override {
+    for (auto& group : optimizer_->param_groups()) {
+      group.options().set_lr(lr);
+    }
+  }
+  int64_t state_bytes() const override {
+    return optimizer_->state_bytes();
+  }
+  torch::optim::Optimizer& optimizer() override {
+    return *optimizer_;
+  }
+
+ private:
+  std::unique_ptr<Flora> optimizer_;
+  std::unique_ptr<FusedBackward> fused_; // declared last: its hooks go first
+};
+
 } // namespace
 
 std::string OptimizerSpec::label() const {
@@ -58,6 +116,15 @@ std::string OptimizerSpec::label() const {
     if (projection == ProjectionMode::reference) {
       s += ",reference";
     }
+    if (quantization == "8bit") {
+      s += ",8bit";
+    }
+    if (fused_backward) {
+      s += ",fused";
+    }
+  }
+  if (accumulation_rank > 0) {
+    s += ",acc_rank=" + std::to_string(accumulation_rank);
   }
   if (weight_decay != 0.0) {
     s += ",wd=" + number(weight_decay);
@@ -83,12 +150,16 @@ void validate(const OptimizerSpec& spec) {
   TORCH_CHECK(spec.weight_decay >= 0, "--weight-decay must be >= 0, got ", spec.weight_decay);
   const bool flora = spec.name == "flora";
   TORCH_CHECK(
-      spec.quantization == "none" || spec.quantization.empty(), "--quantization ", spec.quantization,
-      ": 8-bit optimizer states are not available yet");
+      spec.quantization == "none" || spec.quantization.empty() || spec.quantization == "8bit",
+      "--quantization must be none or 8bit, got '", spec.quantization, "'");
   TORCH_CHECK(
-      spec.accumulation_rank == 0, "--accumulation-rank ", spec.accumulation_rank,
-      ": compressed gradient accumulation is not available yet");
-  TORCH_CHECK(!spec.fused_backward, "--fused-backward: the update fused into backward is not available yet");
+      flora || spec.quantization != "8bit", "--quantization 8bit applies to flora only, not ", spec.name);
+  TORCH_CHECK(flora || !spec.fused_backward, "--fused-backward applies to flora only, not ", spec.name);
+  TORCH_CHECK(spec.micro_batches >= 1, "--grad-accum must be positive, got ", spec.micro_batches);
+  TORCH_CHECK(spec.accumulation_rank >= 0, "--accumulation-rank must be >= 0, got ", spec.accumulation_rank);
+  TORCH_CHECK(
+      spec.accumulation_rank == 0 || spec.micro_batches > 1, "--accumulation-rank ", spec.accumulation_rank,
+      " needs --grad-accum > 1: with one micro-batch there is nothing to accumulate");
   if (flora) {
     TORCH_CHECK(!spec.rank || *spec.rank > 0, "--rank must be positive, got ", *spec.rank);
     TORCH_CHECK(spec.kappa > 0, "--kappa must be positive, got ", spec.kappa);
@@ -119,8 +190,15 @@ std::unique_ptr<TrainStepper> make_stepper(const OptimizerSpec& spec, const std:
         .beta1(spec.beta1)
         .seed(spec.seed)
         .projection(spec.projection)
-        .weight_decay(spec.weight_decay);
+        .weight_decay(spec.weight_decay)
+        .quantization(spec.quantization == "8bit");
+    if (spec.fused_backward) {
+      return std::make_unique<FusedStepper>(spec, std::make_unique<Flora>(params, options));
+    }
     optimizer = std::make_unique<Flora>(params, options);
+  }
+  if (spec.accumulation_rank > 0) {
+    return std::make_unique<AccumulatingStepper>(spec, std::move(optimizer), params);
   }
   return std::make_unique<OptimizerStepper>(spec, std::move(optimizer));
 }

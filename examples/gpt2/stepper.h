@@ -6,19 +6,18 @@
 //     stepper.begin_step();
 //     for each micro-batch i of N:  stepper.backward(loss_i / N, i == N - 1);
 //     stepper.finish_step();
-// and a TrainStepper decides what happens to gradients in between: the plain
-// one (OptimizerStepper) lets autograd sum them in .grad and calls
-// optimizer.step() at the end. Future Flora memory modes plug in here
-// without touching the loop:
-//   - compressed gradient accumulation (--accumulation-rank): backward()
-//     folds each micro-batch's .grad into a low-rank accumulator and clears
-//     it; finish_step() decompresses and steps;
-//   - update fused into backward (--fused-backward): backward(..., last=true)
-//     registers per-parameter hooks that apply the update as each gradient
-//     is produced; finish_step() only advances the step count;
-//   - 8-bit states (--quantization): a FloraOptions setting.
-// Adding a mode: a new TrainStepper subclass (or option) and one case in
-// make_stepper(); validate() then stops rejecting its flag.
+// and a TrainStepper decides what happens to gradients in between:
+//   - plain: autograd sums them in .grad, then optimizer.step();
+//   - compressed gradient accumulation (--accumulation-rank r, any optimizer):
+//     after each micro-batch's backward the gradients are folded into a
+//     rank-r flora::CompressedAccumulator and released; finish_step()
+//     restores them and steps;
+//   - update fused into backward (--fused-backward, flora): a
+//     flora::FusedBackward updates each parameter inside the last
+//     micro-batch's backward (accumulating, compressed with
+//     --accumulation-rank, in the others); finish_step() has nothing left to
+//     do;
+//   - 8-bit states (--quantization 8bit, flora): a FloraOptions setting.
 
 #include <flora/options.h>
 
@@ -48,17 +47,23 @@ struct OptimizerSpec {
   std::optional<double> beta1 = 0.9;
   int64_t seed = 0;
   ProjectionMode projection = ProjectionMode::philox;
-  // Flora memory modes, not available yet (validate() rejects them).
+  // Flora memory modes.
+  /// "none" or "8bit" (flora only).
   std::string quantization = "none";
+  /// Compress the gradient accumulation across micro-batches to this rank
+  /// (0: plain accumulation). Needs micro_batches > 1.
   int64_t accumulation_rank = 0;
+  /// Update each parameter inside backward (flora only).
   bool fused_backward = false;
+  /// Micro-batches per step (the training loop's --grad-accum).
+  int64_t micro_batches = 1;
 
   /// A short description, e.g. "flora(lr=0.1,rank=32,kappa=1000,b1=0.9)".
   std::string label() const;
 };
 
 /// Throws c10::Error with a clear message for unknown names, bad values and
-/// modes that are not available yet.
+/// modes that do not apply.
 void validate(const OptimizerSpec& spec);
 
 class TrainStepper {

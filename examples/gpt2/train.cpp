@@ -95,7 +95,9 @@ RunResult train(
   const auto [eval_x, eval_y] = eval_blocks(split.valid, options.block_size, options.eval_max_blocks);
 
   reset_peak_memory(device);
-  auto stepper = make_stepper(spec, model->parameters());
+  OptimizerSpec step_spec = spec;
+  step_spec.micro_batches = options.grad_accum;
+  auto stepper = make_stepper(step_spec, model->parameters());
   result.initial_eval_loss = evaluate(model, eval_x, eval_y, eval_batch, device);
   {
     char line[256];

@@ -108,16 +108,18 @@ TEST(Gpt2Train, StepperValidatesOptions) {
   spec.name = "sgd";
   expect_error([&] { make_stepper(spec, {p}); }, "unknown optimizer 'sgd'");
   spec = OptimizerSpec();
-  spec.name = "flora";
   spec.quantization = "8bit";
-  expect_error([&] { make_stepper(spec, {p}); }, "--quantization 8bit: 8-bit optimizer states are not available yet");
+  expect_error([&] { make_stepper(spec, {p}); }, "--quantization 8bit applies to flora only, not adam");
+  spec.quantization = "4bit";
+  expect_error([&] { make_stepper(spec, {p}); }, "--quantization must be none or 8bit, got '4bit'");
   spec.quantization = "none";
-  spec.accumulation_rank = 8;
-  expect_error([&] { make_stepper(spec, {p}); }, "compressed gradient accumulation is not available yet");
-  spec.accumulation_rank = 0;
   spec.fused_backward = true;
-  expect_error([&] { make_stepper(spec, {p}); }, "--fused-backward: the update fused into backward is not available yet");
-  spec.fused_backward = false;
+  expect_error([&] { make_stepper(spec, {p}); }, "--fused-backward applies to flora only, not adam");
+  spec = OptimizerSpec();
+  spec.name = "flora";
+  spec.accumulation_rank = 8;
+  expect_error([&] { make_stepper(spec, {p}); }, "--accumulation-rank 8 needs --grad-accum > 1");
+  spec.accumulation_rank = 0;
   spec.lr = -1;
   expect_error([&] { make_stepper(spec, {p}); }, "--lr must be positive");
   spec.lr = 0.1;
@@ -127,6 +129,55 @@ TEST(Gpt2Train, StepperValidatesOptions) {
   EXPECT_DOUBLE_EQ(stepper->optimizer().param_groups()[0].options().get_lr(), 0.05);
   EXPECT_EQ(parse_projection("reference"), ProjectionMode::reference);
   expect_error([&] { parse_projection("sobol"); }, "--projection must be philox or reference");
+}
+
+// The memory modes change where gradients live, not the arithmetic: with
+// the same micro-batches, the fused stepper ends where the plain one does,
+// and compressed accumulation (which is lossy) still trains.
+TEST(Gpt2Train, MemoryModesTrain) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+  const auto x = torch::randint(0, 512, {4, 16}, gen);
+  const auto y = torch::randint(0, 512, {4, 16}, gen);
+  auto run = [&](bool fused, int64_t accumulation_rank, const std::string& quantization) {
+    auto model = load_pretrained(testing::tiny_model_dir());
+    OptimizerSpec spec;
+    spec.name = "flora";
+    spec.lr = 0.05;
+    spec.rank = 8;
+    spec.fused_backward = fused;
+    spec.accumulation_rank = accumulation_rank;
+    spec.quantization = quantization;
+    spec.micro_batches = 2;
+    auto stepper = make_stepper(spec, model->parameters());
+    double first = 0, last = 0;
+    for (int step = 0; step < 6; ++step) {
+      stepper->begin_step();
+      double loss = 0;
+      for (int micro = 0; micro < 2; ++micro) {
+        auto l = model->loss(x.slice(0, 2 * micro, 2 * micro + 2), y.slice(0, 2 * micro, 2 * micro + 2)) / 2.0;
+        loss += l.item<double>();
+        stepper->backward(l, micro == 1);
+      }
+      stepper->finish_step();
+      (step == 0 ? first : last) = loss;
+    }
+    for (const auto& p : model->parameters()) {
+      EXPECT_FALSE(fused && p.grad().defined()) << "fused: gradients released";
+    }
+    return std::make_tuple(model, first, last);
+  };
+  const auto [plain, plain_first, plain_last] = run(false, 0, "none");
+  const auto [fused, fused_first, fused_last] = run(true, 0, "none");
+  const auto a = plain->named_parameters();
+  const auto b = fused->named_parameters();
+  for (const auto& item : a) {
+    EXPECT_LT((item.value() - b[item.key()]).abs().max().item<double>(), 1e-5) << item.key();
+  }
+  for (const auto& [fused_mode, quantization] : {std::pair{false, "8bit"}, std::pair{true, "8bit"}}) {
+    const auto [m, first, last] = run(fused_mode, 4, quantization);
+    EXPECT_LT(last, first) << "fused " << fused_mode << " " << quantization;
+  }
+  EXPECT_LT(plain_last, plain_first);
 }
 
 TEST(Gpt2Train, GradientAccumulationAveragesMicroBatches) {
