@@ -39,6 +39,19 @@ endif()
 find_package(Torch REQUIRED CONFIG)
 message(STATUS "flora: LibTorch ${Torch_VERSION} from ${Torch_DIR}")
 
+# Imported targets are local to the directory that found them. When flora is
+# vendored (add_subdirectory, FetchContent), the parent's targets link
+# flora::flora and so need LibTorch's targets too: make them global.
+if(NOT PROJECT_IS_TOP_LEVEL)
+  get_directory_property(_flora_imported IMPORTED_TARGETS)
+  foreach(_target IN LISTS _flora_imported)
+    get_target_property(_global ${_target} IMPORTED_GLOBAL)
+    if(NOT _global)
+      set_target_properties(${_target} PROPERTIES IMPORTED_GLOBAL TRUE)
+    endif()
+  endforeach()
+endif()
+
 # The imported target `torch` carries LibTorch's include directories and
 # compile options (the C++ ABI macro); ${TORCH_LIBRARIES} adds c10 and, for a
 # CUDA build, c10_cuda and NVRTC, which flora links privately.
