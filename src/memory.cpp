@@ -89,7 +89,6 @@ MemoryMeter::MemoryMeter(torch::Device device) : device_(device) {
         c10::GetAllocator(device_.type()) != nullptr && dynamic_cast<c10::DeviceAllocator*>(c10::GetAllocator(device_.type())),
         "MemoryMeter: no allocator statistics for device ", device_, " (was LibTorch built with it?)");
   }
-  reset_peak();
 }
 
 void MemoryMeter::reset_peak() {

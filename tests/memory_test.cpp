@@ -35,4 +35,17 @@ TEST(MemoryMeter, TensorsOutliveMeters) {
   EXPECT_EQ(again.current_bytes(), with - 4000);
 }
 
+TEST(MemoryMeter, MetersShareTheDevicesStatistics) {
+  flora::MemoryMeter first(torch::kCPU);
+  first.reset_peak();
+  const int64_t start = first.current_bytes();
+  {
+    auto t = torch::empty({1000, 1000});
+  }
+  flora::MemoryMeter second(torch::kCPU); // does not reset anything
+  EXPECT_EQ(second.peak_bytes() - start, 4000000);
+  second.reset_peak();
+  EXPECT_EQ(first.peak_bytes(), start);
+}
+
 } // namespace

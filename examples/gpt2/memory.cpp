@@ -1,17 +1,11 @@
 #include "memory.h"
 
-#include <c10/util/Exception.h>
-
-#ifdef FLORA_GPT2_HAVE_C10_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
+#include <flora/memory.h>
 
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-
-#include <malloc.h>
 
 namespace flora::gpt2 {
 namespace {
@@ -32,47 +26,16 @@ int64_t proc_status_kb(const char* key) {
   return -1;
 }
 
-bool cpu_reset_ok = true;
-
 } // namespace
 
-bool reset_peak_memory(const torch::Device& device) {
-  if (device.is_cuda()) {
-#ifdef FLORA_GPT2_HAVE_C10_CUDA
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
-    return true;
-#else
-    return false;
-#endif
-  }
-  // Give freed heap memory back first, so that the new peak does not start
-  // from the previous run's leftovers.
-  ::malloc_trim(0);
-  FILE* f = std::fopen("/proc/self/clear_refs", "w");
-  bool ok = f != nullptr && std::fputs("5", f) >= 0;
-  if (f != nullptr) {
-    ok = (std::fclose(f) == 0) && ok;
-  }
-  cpu_reset_ok = ok;
-  return ok;
+void reset_peak_memory(const torch::Device& device) {
+  MemoryMeter(device).reset_peak();
 }
 
 PeakMemory peak_memory(const torch::Device& device) {
   PeakMemory peak;
-  if (device.is_cuda()) {
-#ifdef FLORA_GPT2_HAVE_C10_CUDA
-    const auto stats =
-        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-    peak.bytes = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
-    peak.kind = "CUDA peak allocated";
-#else
-    peak.kind = "CUDA peak (not available in this build)";
-#endif
-    return peak;
-  }
-  peak.bytes = proc_status_kb("VmHWM");
-  peak.reset = cpu_reset_ok;
-  peak.kind = cpu_reset_ok ? "process peak RSS" : "process peak RSS (since start: reset failed)";
+  peak.bytes = MemoryMeter(device).peak_bytes();
+  peak.kind = device.is_cuda() ? "peak CUDA tensor memory" : "peak CPU tensor memory";
   return peak;
 }
 

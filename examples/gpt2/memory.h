@@ -1,15 +1,11 @@
 #pragma once
 
-// Peak memory of a training run.
-//
-//  CUDA: the caching allocator's peak allocated bytes on the device
-//        (c10::cuda::CUDACachingAllocator device stats), reset at the start
-//        of each run.
-//  CPU:  the process's peak resident set size (VmHWM in /proc/self/status).
-//        It is reset between runs by writing "5" to /proc/self/clear_refs
-//        (Linux >= 4.0). This is the whole process (LibTorch, the data, the
-//        other run's freed-but-cached pages), not just tensors: label it as
-//        such.
+// Peak memory of a training run: the peak bytes of tensor storage on the
+// run's device (parameters, gradients, activations, optimizer state), from
+// flora::MemoryMeter (the CUDA caching allocator's statistics; on the CPU a
+// counting wrapper around c10's allocator), reset at the start of each run.
+// The process's resident set size (LibTorch's code, the data, allocator
+// caches) is reported separately, for reference.
 
 #include <torch/types.h>
 
@@ -20,16 +16,12 @@ namespace flora::gpt2 {
 
 struct PeakMemory {
   int64_t bytes = -1; // -1: not available
-  /// What `bytes` measures, e.g. "CUDA peak allocated" or "process peak RSS".
+  /// What `bytes` measures.
   std::string kind;
-  /// False when the peak could not be reset before the run (then it is the
-  /// peak since the process started; `kind` says so too).
-  bool reset = true;
 };
 
-/// Starts a new measurement for `device`; returns false if the peak could not
-/// be reset.
-bool reset_peak_memory(const torch::Device& device);
+/// Starts a new measurement for `device`.
+void reset_peak_memory(const torch::Device& device);
 /// The peak since the last reset_peak_memory(device).
 PeakMemory peak_memory(const torch::Device& device);
 /// The current resident set size of the process (VmRSS), -1 if unknown.

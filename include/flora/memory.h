@@ -19,16 +19,19 @@
 
 namespace flora {
 
+/// A view of the device's allocation statistics, which are process-wide: two
+/// meters of one device read the same numbers, and reset_peak() on either
+/// starts a new measurement for both.
 class FLORA_API MemoryMeter {
  public:
   explicit MemoryMeter(torch::Device device = torch::kCPU);
 
   /// Starts a new measurement: the peak becomes the current usage.
   void reset_peak();
-  /// Bytes of tensor storage allocated now.
+  /// Bytes of tensor storage allocated now (on the CPU: allocated since the
+  /// first meter was made, the counting starting then).
   int64_t current_bytes() const;
-  /// The most allocated at once since the last reset_peak() (or since the
-  /// meter was made).
+  /// The most allocated at once since the last reset_peak().
   int64_t peak_bytes() const;
 
   const torch::Device& device() const {
