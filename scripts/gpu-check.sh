@@ -12,9 +12,12 @@
 # every test (CPU and CUDA); run compute-sanitizer memcheck on the CUDA test
 # binary; time one optimizer step of Flora and torch::optim::Adam on the
 # GPT-2 small shapes with CUDA events (bench/gpu_step_bench.cpp), and
-# flora-opt's Python step on the same GPU (bench/flora_opt_step.py). Logs and
-# JSON go to $OUT (default /tmp/flora-gpu-check); a short table is printed
-# last. Exit status: non-zero if the build, a test or the sanitizer failed.
+# flora-opt's Python step on the same GPU (bench/flora_opt_step.py); peak
+# CUDA memory of one training step per memory mode (bench/memory_bench.cpp);
+# the GPT-2 example on the GPU (the default Adam-vs-Flora run, and a
+# random-init GPT-2 small for speed and memory). Logs and JSON go to $OUT
+# (default /tmp/flora-gpu-check); a short table is printed last. Exit status:
+# non-zero if the build, a test or the sanitizer failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/flora-gpu-check}"
@@ -31,8 +34,8 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 
 stamp "configure + build"
 prefix=$(python3 -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
-  -DFLORA_CUDA=ON -DFLORA_CCACHE=OFF -DFLORA_BUILD_EXAMPLES=OFF > "$OUT/configure.log" 2>&1 \
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix;$PWD/third_party/prefix" \
+  -DFLORA_CUDA=ON -DFLORA_CCACHE=OFF > "$OUT/configure.log" 2>&1 \
   || { tail -30 "$OUT/configure.log"; exit 1; }
 cmake --build "$BUILD" --parallel "$(nproc)" > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -30; exit 1; }
 
@@ -69,6 +72,29 @@ for dtype in fp32 bf16; do
     >> "$OUT/flora_opt.jsonl" 2>> "$OUT/flora_opt.err"
 done
 cat "$OUT/flora_opt.jsonl" 2>/dev/null
+
+stamp "peak memory of one step, per mode (CUDA)"
+timeout 120 "$BUILD/bench/flora_memory_bench" --device=cuda --benchmark_filter=peak > "$OUT/memory_bench.txt" 2>&1
+grep -E "^\|" "$OUT/memory_bench.txt"
+
+gpt2="$BUILD/examples/gpt2/gpt2-finetune"
+if [ -x "$gpt2" ]; then
+  stamp "GPT-2 example on cuda: the default run (tiny model, adam vs flora)"
+  timeout 120 "$gpt2" --device cuda --out "$OUT/gpt2-default" > "$OUT/gpt2-default.log" 2>&1
+  tail -6 "$OUT/gpt2-default.log"
+  stamp "GPT-2 example on cuda: random-init GPT-2 small (124M), 60 steps each"
+  python3 - <<'PY' > "$OUT/gpt2-small-init.log" 2>&1
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+torch.manual_seed(0)
+GPT2LMHeadModel(GPT2Config()).save_pretrained("/tmp/gpt2-random")
+PY
+  cp examples/gpt2/assets/tiny-gpt2/vocab.json examples/gpt2/assets/tiny-gpt2/merges.txt /tmp/gpt2-random/ 2>/dev/null
+  timeout 150 "$gpt2" --device cuda --model-dir /tmp/gpt2-random --steps 60 --block-size 256 --batch-size 8 \
+    --warmup-steps 10 --adam-lr 3e-4 --flora-lr 3e-3 --rank 256 --eval-every 0 --eval-max-blocks 16 \
+    --log-every 20 --out "$OUT/gpt2-small" > "$OUT/gpt2-small.log" 2>&1
+  tail -6 "$OUT/gpt2-small.log"
+fi
 
 stamp "summary"
 python3 - "$OUT" "$test_rc" "$sanitizer_rc" <<'PY'

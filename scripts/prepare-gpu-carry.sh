@@ -10,6 +10,8 @@
 #                             >= 2.36, x86-64)
 #   third_party/wheels/       flora-opt 0.0.3 (pure Python) for the reference
 #                             step-time comparison
+#   third_party/prefix/       the header-only nlohmann-json and CLI11 with their
+#                             CMake configs, for the GPT-2 example
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=third_party
@@ -24,6 +26,10 @@ cp -r /usr/src/googletest "$out/googletest"
 cp -r /usr/include/benchmark "$out/benchmark/include/"
 cp -a /usr/lib/"$multiarch"/libbenchmark*.so* /usr/lib/"$multiarch"/libbenchmark_main.a "$out/benchmark/lib/$multiarch/"
 cp -r /usr/lib/"$multiarch"/cmake/benchmark "$out/benchmark/lib/$multiarch/cmake/"
+
+mkdir -p "$out/prefix/include" "$out/prefix/share/cmake"
+cp -r /usr/include/nlohmann /usr/include/CLI "$out/prefix/include/"
+cp -r /usr/share/cmake/nlohmann_json /usr/share/cmake/CLI11 "$out/prefix/share/cmake/"
 
 python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$out/wheels" flora-opt==0.0.3
 
