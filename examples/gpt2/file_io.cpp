@@ -12,17 +12,6 @@
 #include <unistd.h>
 
 namespace flora::gpt2 {
-namespace {
-
-std::string parent_directory(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  if (slash == std::string::npos) {
-    return ".";
-  }
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-} // namespace
 
 std::string read_file(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -46,57 +35,6 @@ std::string read_file(const std::string& path) {
   }
   ::close(fd);
   return data;
-}
-
-AtomicFile::AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp-XXXXXX") {
-  TORCH_CHECK(!path_.empty(), "AtomicFile: empty path");
-  fd_ = ::mkstemp(tmp_.data());
-  TORCH_CHECK(fd_ >= 0, "cannot create a temporary file beside '", path_, "': ", std::strerror(errno));
-}
-
-AtomicFile::~AtomicFile() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-  }
-  if (!committed_) {
-    ::unlink(tmp_.c_str());
-  }
-}
-
-void AtomicFile::write(const void* data, size_t size) {
-  TORCH_CHECK(fd_ >= 0 && !committed_, "AtomicFile '", path_, "': write after commit");
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd_, p, size);
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    TORCH_CHECK(n > 0, "writing '", tmp_, "' (for '", path_, "') failed: ", std::strerror(errno));
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
-void AtomicFile::commit() {
-  TORCH_CHECK(fd_ >= 0 && !committed_, "AtomicFile '", path_, "': commit twice");
-  // mkstemp creates mode 0600; give the file the usual permissions (umask applies).
-  const mode_t mask = ::umask(0);
-  ::umask(mask);
-  ::fchmod(fd_, 0666 & ~mask);
-  TORCH_CHECK(::fsync(fd_) == 0, "fsync of '", tmp_, "' failed: ", std::strerror(errno));
-  const int fd = fd_;
-  fd_ = -1;
-  TORCH_CHECK(::close(fd) == 0, "closing '", tmp_, "' failed: ", std::strerror(errno));
-  TORCH_CHECK(
-      std::rename(tmp_.c_str(), path_.c_str()) == 0, "renaming '", tmp_, "' to '", path_,
-      "' failed: ", std::strerror(errno));
-  committed_ = true;
-  // Make the rename itself durable.
-  const int dir = ::open(parent_directory(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
 }
 
 void write_file_atomic(const std::string& path, const std::string& data) {

@@ -7,6 +7,8 @@
 // program linked against them can crash inside std::filesystem calls.
 // Every function throws c10::Error naming the path on failure.
 
+#include <flora/checkpoint.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -21,28 +23,7 @@ std::string read_file(const std::string& path);
 /// crash never leaves a truncated file at `path`.
 void write_file_atomic(const std::string& path, const std::string& data);
 
-/// A file written atomically: bytes go to a temporary file beside the
-/// target; commit() fsyncs it and renames it over the target. Destroyed
-/// without commit(), the temporary file is removed and the target untouched.
-class AtomicFile {
- public:
-  explicit AtomicFile(std::string path);
-  ~AtomicFile();
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-
-  void write(const void* data, size_t size);
-  void write(const std::string& data) {
-    write(data.data(), data.size());
-  }
-  void commit();
-
- private:
-  std::string path_;
-  std::string tmp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
+/// (A file written piece by piece: flora::AtomicFile.)
 
 /// Copies a file (atomically at the destination).
 void copy_file(const std::string& from, const std::string& to);

@@ -2,6 +2,8 @@
 // sequence, so that the CPU keeps flora-opt's exact rounding. (The CUDA
 // kernel fuses the list into two launches.)
 
+#include "../kernel_checks.h"
+
 #include <flora/ops.h>
 
 #include <ATen/ATen.h>
@@ -14,12 +16,8 @@ std::vector<at::Tensor> full_moment_step_cpu(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avg_sqs, at::TensorList exp_avgs,
     at::ArrayRef<double> beta2s, at::ArrayRef<double> lrs, double eps1, double eps2, double beta1,
     bool scale_parameter, double clip_threshold, double weight_decay) {
+  detail::check_full_moment_lists(params, grads, exp_avg_sqs, exp_avgs, beta2s, lrs);
   const size_t n = params.size();
-  TORCH_CHECK(
-      grads.size() == n && exp_avg_sqs.size() == n && beta2s.size() == n && lrs.size() == n &&
-          (exp_avgs.empty() || exp_avgs.size() == n),
-      "full_moment_step_: list lengths differ (", n, " params, ", grads.size(), " grads, ", exp_avg_sqs.size(),
-      " exp_avg_sqs, ", exp_avgs.size(), " exp_avgs, ", beta2s.size(), " beta2s, ", lrs.size(), " lrs)");
   std::vector<at::Tensor> rms;
   rms.reserve(n);
   for (size_t i = 0; i < n; ++i) {

@@ -1,5 +1,6 @@
 // CPU kernels of flora::quantize_blockwise_ and flora::dequantize_blockwise.
 
+#include "../kernel_checks.h"
 #include "../quantization_rule.h"
 
 #include <ATen/ATen.h>
@@ -12,25 +13,10 @@
 namespace flora::cpu {
 namespace {
 
-void check_code(const at::Tensor& code, const at::Tensor& like, const char* op) {
-  TORCH_CHECK(
-      code.numel() == 256 && code.scalar_type() == at::kFloat && code.is_contiguous(), op,
-      ": code must be a contiguous float32 tensor of 256 entries, got ", code.sizes(), " ", code.scalar_type());
-  TORCH_CHECK(code.device() == like.device(), op, ": code is on ", code.device(), ", the data on ", like.device());
-}
-
 void quantize_blockwise_cpu(
     const at::Tensor& x_in, at::Tensor& codes, at::Tensor& absmax, const at::Tensor& code, int64_t block_size) {
-  TORCH_CHECK(block_size > 0, "quantize_blockwise_: block_size must be positive, got ", block_size);
-  check_code(code, x_in, "quantize_blockwise_");
+  const int64_t blocks = detail::check_quantize_args(x_in, codes, absmax, code, block_size);
   const int64_t n = x_in.numel();
-  const int64_t blocks = (n + block_size - 1) / block_size;
-  TORCH_CHECK(
-      codes.scalar_type() == at::kByte && codes.numel() == n && codes.is_contiguous(),
-      "quantize_blockwise_: codes must be a contiguous uint8 tensor of ", n, " elements");
-  TORCH_CHECK(
-      absmax.scalar_type() == at::kFloat && absmax.numel() == blocks && absmax.is_contiguous(),
-      "quantize_blockwise_: absmax must be a contiguous float32 tensor of ", blocks, " elements");
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const float* xs = x.data_ptr<float>();
   const float* map = code.data_ptr<float>();
@@ -59,14 +45,8 @@ void quantize_blockwise_cpu(
 
 at::Tensor dequantize_blockwise_cpu(
     const at::Tensor& codes_in, const at::Tensor& absmax_in, const at::Tensor& code, int64_t block_size) {
-  TORCH_CHECK(block_size > 0, "dequantize_blockwise: block_size must be positive, got ", block_size);
-  TORCH_CHECK(codes_in.scalar_type() == at::kByte, "dequantize_blockwise: codes must be uint8, got ", codes_in.scalar_type());
-  check_code(code, codes_in, "dequantize_blockwise");
+  detail::check_dequantize_args(codes_in, absmax_in, code, block_size);
   const int64_t n = codes_in.numel();
-  const int64_t blocks = (n + block_size - 1) / block_size;
-  TORCH_CHECK(
-      absmax_in.scalar_type() == at::kFloat && absmax_in.numel() == blocks,
-      "dequantize_blockwise: absmax must be float32 with ", blocks, " elements, got ", absmax_in.numel());
   const at::Tensor codes = codes_in.contiguous();
   const at::Tensor absmax = absmax_in.contiguous();
   at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
