@@ -30,45 +30,46 @@ __device__ __forceinline__ uint4 draws(uint64_t seed, int64_t row, int64_t block
   return curand4(&state);
 }
 
-template <typename scalar_t>
-__global__ void philox_normal_kernel(scalar_t* out, int64_t rows, int64_t cols, uint64_t seed, float scale) {
+// Calls fill(row, block, first element, lanes in the block) for every
+// 4-wide block of a (rows, cols) matrix, grid-stride: a value depends only on
+// (row, block), never on the launch configuration.
+template <typename Fill>
+__device__ __forceinline__ void for_each_block(int64_t rows, int64_t cols, const Fill& fill) {
   const int64_t blocks = (cols + 3) / 4;
   const int64_t total = rows * blocks;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = t / blocks;
     const int64_t block = t - row * blocks;
+    const int64_t col = block * 4;
+    fill(row, block, row * cols + col, static_cast<int>(cols - col < 4 ? cols - col : 4));
+  }
+}
+
+template <typename scalar_t>
+__global__ void philox_normal_kernel(scalar_t* out, int64_t rows, int64_t cols, uint64_t seed, float scale) {
+  for_each_block(rows, cols, [&](int64_t row, int64_t block, int64_t offset, int count) {
     const uint4 d = draws(seed, row, block);
     float n[4];
     flora::detail::box_muller(d.x, d.y, n[0], n[1]);
     flora::detail::box_muller(d.z, d.w, n[2], n[3]);
-    const int64_t col = block * 4;
-    scalar_t* dst = out + row * cols + col;
-    const int count = static_cast<int>(cols - col < 4 ? cols - col : 4);
 #pragma unroll
     for (int lane = 0; lane < 4; ++lane) {
       if (lane < count) {
-        dst[lane] = static_cast<scalar_t>(n[lane] * scale);
+        out[offset + lane] = static_cast<scalar_t>(n[lane] * scale);
       }
     }
-  }
+  });
 }
 
 __global__ void philox_bits_kernel(int32_t* out, int64_t rows, int64_t cols, uint64_t seed) {
-  const int64_t blocks = (cols + 3) / 4;
-  const int64_t total = rows * blocks;
-  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = t / blocks;
-    const int64_t block = t - row * blocks;
+  for_each_block(rows, cols, [&](int64_t row, int64_t block, int64_t offset, int count) {
     const uint4 d = draws(seed, row, block);
     const uint32_t lanes[4] = {d.x, d.y, d.z, d.w};
-    const int64_t col = block * 4;
-    const int count = static_cast<int>(cols - col < 4 ? cols - col : 4);
     for (int lane = 0; lane < count; ++lane) {
-      out[row * cols + col + lane] = static_cast<int32_t>(lanes[lane]);
+      out[offset + lane] = static_cast<int32_t>(lanes[lane]);
     }
-  }
+  });
 }
 
 at::Tensor& philox_normal_cuda(at::Tensor& out, int64_t seed, double scale) {

@@ -6,6 +6,8 @@
 
 #include <flora/flora.h>
 
+#include <functional>
+
 #include <fstream>
 
 namespace {
@@ -155,13 +157,21 @@ void expect_load_fails_cleanly(Flora& target, const Model& model, const std::str
   }
 }
 
-TEST(Checkpoint, DifferentShapesFailCleanly) {
-  TempDir dir;
+// A checkpoint of make_model()'s optimizer after one step, at `path`.
+void save_after_one_step(const std::string& path, const std::function<void(Flora&)>& before_save = nullptr) {
   auto model = make_model();
   auto opt = make_optimizer(model, ProjectionMode::philox);
   set_grads(model, 1);
   opt->step();
-  torch::save(*opt, dir.file("opt.pt"));
+  if (before_save) {
+    before_save(*opt);
+  }
+  torch::save(*opt, path);
+}
+
+TEST(Checkpoint, DifferentShapesFailCleanly) {
+  TempDir dir;
+  save_after_one_step(dir.file("opt.pt"));
 
   auto other = make_model();
   other.params[1] = param({24, 12}, 2); // was (24, 8)
@@ -173,11 +183,7 @@ TEST(Checkpoint, DifferentShapesFailCleanly) {
 
 TEST(Checkpoint, DifferentGroupStructureFailsCleanly) {
   TempDir dir;
-  auto model = make_model();
-  auto opt = make_optimizer(model, ProjectionMode::philox);
-  set_grads(model, 1);
-  opt->step();
-  torch::save(*opt, dir.file("opt.pt"));
+  save_after_one_step(dir.file("opt.pt"));
 
   auto other = make_model();
   Flora one_group(other.params, FloraOptions(1e-2));
@@ -197,12 +203,9 @@ TEST(Checkpoint, ChangedCompressionFailsCleanly) {
   // The same shapes, but the checkpoint's options compress a parameter that
   // the state claims is uncompressed: caught by the layout check.
   TempDir dir;
-  auto model = make_model();
-  auto opt = make_optimizer(model, ProjectionMode::philox);
-  set_grads(model, 1);
-  opt->step();
-  static_cast<FloraOptions&>(opt->param_groups()[0].options()).rank(std::nullopt);
-  torch::save(*opt, dir.file("opt.pt"));
+  save_after_one_step(dir.file("opt.pt"), [](Flora& opt) {
+    static_cast<FloraOptions&>(opt.param_groups()[0].options()).rank(std::nullopt);
+  });
   auto other = make_model();
   auto target = make_optimizer(other, ProjectionMode::philox);
   expect_load_fails_cleanly(*target, other, dir.file("opt.pt"), "'exp_avg' has shape [4, 16], expected [8, 16]");
