@@ -1,4 +1,5 @@
 #include <flora/accumulation.h>
+#include <flora/layout.h>
 #include <flora/projection.h>
 
 #include <torch/torch.h>
@@ -15,9 +16,8 @@ int64_t matrix_cols(const torch::Tensor& p) {
 }
 
 // The buffer of a compressed parameter: down(G) of its (rows, cols) matrix.
-std::vector<int64_t> compressed_shape(const torch::Tensor& param, int64_t rank) {
-  const int64_t rows = matrix_rows(param), cols = matrix_cols(param);
-  return rows < cols ? std::vector<int64_t>{rank, cols} : std::vector<int64_t>{rows, rank};
+std::vector<int64_t> buffer_shape(const torch::Tensor& param, int64_t rank) {
+  return compressed_shape(matrix_rows(param), matrix_cols(param), rank);
 }
 
 Projection projection_for(const torch::Tensor& param, int64_t seed, const AccumulationOptions& options) {
@@ -181,7 +181,7 @@ void CompressedAccumulator::load(torch::serialize::InputArchive& archive) {
       TORCH_CHECK(v.isTensor(), "CompressedAccumulator::load: buffer ", i, " is not a tensor");
       const auto& p = slots_[i].param;
       const std::vector<int64_t> expected =
-          slots_[i].compressed ? compressed_shape(p, options_.rank()) : p.sizes().vec();
+          slots_[i].compressed ? buffer_shape(p, options_.rank()) : p.sizes().vec();
       TORCH_CHECK(
           v.toTensor().sizes() == expected, "CompressedAccumulator::load: buffer ", i, " has shape ",
           v.toTensor().sizes(), ", expected ", expected);

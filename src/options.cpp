@@ -1,3 +1,7 @@
+#include "archive_values.h"
+#include "checkpoint_format.h"
+#include "option_fields.h"
+
 #include <flora/options.h>
 
 #include <torch/optim/serialize.h>
@@ -10,82 +14,42 @@ namespace flora {
 FloraOptions::FloraOptions(std::optional<double> lr) : lr_(lr) {}
 
 bool operator==(const FloraOptions& lhs, const FloraOptions& rhs) {
-  return lhs.lr() == rhs.lr() && lhs.rank() == rhs.rank() &&
-      lhs.kappa() == rhs.kappa() && lhs.eps() == rhs.eps() &&
-      lhs.clip_threshold() == rhs.clip_threshold() &&
-      lhs.decay_rate() == rhs.decay_rate() && lhs.beta1() == rhs.beta1() &&
-      lhs.weight_decay() == rhs.weight_decay() &&
-      lhs.scale_parameter() == rhs.scale_parameter() &&
-      lhs.relative_step() == rhs.relative_step() &&
-      lhs.warmup_init() == rhs.warmup_init() &&
-      lhs.factorize_second_moment() == rhs.factorize_second_moment() &&
-      lhs.seed() == rhs.seed() && lhs.quantization() == rhs.quantization() &&
-      lhs.quantization_block_size() == rhs.quantization_block_size() &&
-      lhs.projection() == rhs.projection() &&
-      lhs.check_finite() == rhs.check_finite();
+  bool equal = true;
+  detail::for_each_option([&](const detail::FieldInfo&, const auto& a, const auto& b) { equal = equal && a == b; }, lhs, rhs);
+  return equal;
 }
 
 void FloraOptions::serialize(torch::serialize::OutputArchive& archive) const {
-  // std::nullopt is written as None, as torch does for its own options.
-  archive.write("lr", c10::IValue(lr()));
-  archive.write("rank", c10::IValue(rank()));
-  archive.write("kappa", c10::IValue(kappa()));
-  archive.write("eps1", c10::IValue(std::get<0>(eps())));
-  archive.write("eps2", c10::IValue(std::get<1>(eps())));
-  archive.write("clip_threshold", c10::IValue(clip_threshold()));
-  archive.write("decay_rate", c10::IValue(decay_rate()));
-  archive.write("beta1", c10::IValue(beta1()));
-  archive.write("weight_decay", c10::IValue(weight_decay()));
-  archive.write("scale_parameter", c10::IValue(scale_parameter()));
-  archive.write("relative_step", c10::IValue(relative_step()));
-  archive.write("warmup_init", c10::IValue(warmup_init()));
-  archive.write("factorize_second_moment", c10::IValue(factorize_second_moment()));
-  archive.write("seed", c10::IValue(seed()));
-  archive.write("quantization", c10::IValue(quantization()));
-  archive.write("quantization_block_size", c10::IValue(quantization_block_size()));
-  archive.write("projection", c10::IValue(static_cast<int64_t>(projection())));
-  archive.write("check_finite", c10::IValue(check_finite()));
+  detail::for_each_option(
+      [&](const detail::FieldInfo& info, const auto& field) { archive.write(info.key, detail::to_ivalue(field)); },
+      *this);
 }
-
-namespace {
-
-c10::IValue read(torch::serialize::InputArchive& archive, const char* key) {
-  c10::IValue value;
-  TORCH_CHECK(
-      archive.try_read(key, value),
-      "FloraOptions: the archive has no '", key, "' (not a flora::Flora checkpoint?)");
-  return value;
-}
-
-} // namespace
 
 void FloraOptions::serialize(torch::serialize::InputArchive& archive) {
-  // Read everything first, so that a malformed archive leaves *this as is.
-  FloraOptions o;
-  o.lr(read(archive, "lr").toOptional<double>());
-  o.rank(read(archive, "rank").toOptional<int64_t>());
-  o.kappa(read(archive, "kappa").toInt());
-  o.eps(std::make_tuple(read(archive, "eps1").toDouble(), read(archive, "eps2").toDouble()));
-  o.clip_threshold(read(archive, "clip_threshold").toDouble());
-  o.decay_rate(read(archive, "decay_rate").toDouble());
-  o.beta1(read(archive, "beta1").toOptional<double>());
-  o.weight_decay(read(archive, "weight_decay").toDouble());
-  o.scale_parameter(read(archive, "scale_parameter").toBool());
-  o.relative_step(read(archive, "relative_step").toBool());
-  o.warmup_init(read(archive, "warmup_init").toBool());
-  o.factorize_second_moment(read(archive, "factorize_second_moment").toBool());
-  o.seed(read(archive, "seed").toInt());
-  o.quantization(read(archive, "quantization").toBool());
-  o.quantization_block_size(read(archive, "quantization_block_size").toInt());
-  const int64_t mode = read(archive, "projection").toInt();
-  TORCH_CHECK(
-      mode == static_cast<int64_t>(ProjectionMode::philox) ||
-          mode == static_cast<int64_t>(ProjectionMode::reference),
-      "FloraOptions: unknown projection mode ", mode, " in the archive");
-  o.projection(static_cast<ProjectionMode>(mode));
-  o.check_finite(read(archive, "check_finite").toBool());
-  *this = o;
+  detail::read_options(archive, detail::kCheckpointFormat, *this);
 }
+
+namespace detail {
+
+void read_options(torch::serialize::InputArchive& archive, int64_t format, FloraOptions& out) {
+  // Read everything first, so that a malformed archive leaves `out` as is.
+  FloraOptions o;
+  for_each_option(
+      [&](const FieldInfo& info, auto& field) {
+        c10::IValue value;
+        if (archive.try_read(info.key, value)) {
+          from_ivalue(value, field, "FloraOptions", info.key);
+        } else {
+          TORCH_CHECK(
+              info.since > format, "FloraOptions: the checkpoint (format ", format, ") has no '", info.key,
+              "' (not a flora::Flora checkpoint?)");
+        }
+      },
+      o);
+  out = o;
+}
+
+} // namespace detail
 
 double FloraOptions::get_lr() const {
   TORCH_CHECK(

@@ -1,3 +1,4 @@
+#include <flora/layout.h>
 #include <flora/ops.h>
 #include <flora/projection.h>
 
@@ -86,7 +87,7 @@ torch::Tensor gaussian_matrix(
 Projection::Projection(
     int64_t seed, int64_t rows, int64_t cols, int64_t rank, ProjectionMode mode,
     Seeding seeding, const torch::TensorOptions& options)
-    : rows_(rows), cols_(cols), rank_(rank), left_(rows < cols) {
+    : rows_(rows), cols_(cols), rank_(rank), left_(projects_from_left(rows, cols)) {
   TORCH_CHECK(rank > 0, "Projection: rank must be positive, got ", rank);
   TORCH_CHECK(rows > 0 && cols > 0, "Projection: empty matrix shape (", rows, ", ", cols, ")");
   int64_t s = seed;
@@ -100,7 +101,7 @@ Projection::Projection(
 }
 
 std::vector<int64_t> Projection::compressed_shape() const {
-  return left_ ? std::vector<int64_t>{rank_, cols_} : std::vector<int64_t>{rows_, rank_};
+  return flora::compressed_shape(rows_, cols_, rank_);
 }
 
 torch::Tensor Projection::down(const torch::Tensor& x) const {

@@ -1,3 +1,5 @@
+#include "param_state.h"
+
 #include <flora/optimizer.h>
 #include <flora/quantization.h>
 #include <flora/state_bytes.h>
@@ -7,9 +9,7 @@
 namespace flora {
 namespace {
 
-int64_t bytes(const torch::Tensor& t) {
-  return t.defined() ? static_cast<int64_t>(t.nbytes()) : 0;
-}
+using detail::tensor_bytes;
 
 int64_t state_bytes(const torch::optim::OptimizerParamState& s) {
   using namespace torch::optim;
@@ -17,19 +17,19 @@ int64_t state_bytes(const torch::optim::OptimizerParamState& s) {
     return f->nbytes();
   }
   if (const auto* a = dynamic_cast<const AdamParamState*>(&s)) {
-    return bytes(a->exp_avg()) + bytes(a->exp_avg_sq()) + bytes(a->max_exp_avg_sq());
+    return tensor_bytes(a->exp_avg()) + tensor_bytes(a->exp_avg_sq()) + tensor_bytes(a->max_exp_avg_sq());
   }
   if (const auto* a = dynamic_cast<const AdamWParamState*>(&s)) {
-    return bytes(a->exp_avg()) + bytes(a->exp_avg_sq()) + bytes(a->max_exp_avg_sq());
+    return tensor_bytes(a->exp_avg()) + tensor_bytes(a->exp_avg_sq()) + tensor_bytes(a->max_exp_avg_sq());
   }
   if (const auto* g = dynamic_cast<const SGDParamState*>(&s)) {
-    return bytes(g->momentum_buffer());
+    return tensor_bytes(g->momentum_buffer());
   }
   if (const auto* r = dynamic_cast<const RMSpropParamState*>(&s)) {
-    return bytes(r->square_avg()) + bytes(r->momentum_buffer()) + bytes(r->grad_avg());
+    return tensor_bytes(r->square_avg()) + tensor_bytes(r->momentum_buffer()) + tensor_bytes(r->grad_avg());
   }
   if (const auto* a = dynamic_cast<const AdagradParamState*>(&s)) {
-    return bytes(a->sum());
+    return tensor_bytes(a->sum());
   }
   TORCH_CHECK(false, "optimizer_state_bytes: unknown optimizer state type ", typeid(s).name());
 }
@@ -46,14 +46,6 @@ int64_t optimizer_state_bytes(const torch::optim::Optimizer& optimizer) {
 
 namespace {
 
-int64_t count(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (auto d : shape) {
-    n *= d;
-  }
-  return n;
-}
-
 // Bytes of one moment of `numel` elements: float32, or 8-bit codes plus one
 // float32 absmax per block.
 int64_t moment_bytes(int64_t numel, const FloraOptions& options) {
@@ -68,17 +60,14 @@ int64_t moment_bytes(int64_t numel, const FloraOptions& options) {
 int64_t estimate_state_bytes(const std::vector<std::vector<int64_t>>& shapes, const FloraOptions& options) {
   int64_t total = 0;
   for (const auto& shape : shapes) {
-    const int64_t numel = count(shape);
+    const int64_t numel = c10::multiply_integers(shape);
     if (numel == 0) {
       continue; // never stepped
     }
     const auto layout = ParamLayout::of(shape, options);
     total += 4; // rms
     if (layout.momentum) {
-      const int64_t momentum = layout.compressed
-          ? *options.rank() * (shape[0] < shape[1] ? shape[1] : shape[0])
-          : numel;
-      total += moment_bytes(momentum, options);
+      total += moment_bytes(c10::multiply_integers(layout.momentum_shape(shape, options)), options);
     }
     total += layout.factored ? 4 * (shape[0] + shape[1]) : moment_bytes(numel, options);
   }
@@ -88,7 +77,7 @@ int64_t estimate_state_bytes(const std::vector<std::vector<int64_t>>& shapes, co
 int64_t estimate_adam_state_bytes(const std::vector<std::vector<int64_t>>& shapes) {
   int64_t total = 0;
   for (const auto& shape : shapes) {
-    total += 2 * 4 * count(shape);
+    total += 2 * 4 * c10::multiply_integers(shape);
   }
   return total;
 }

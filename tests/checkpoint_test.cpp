@@ -223,13 +223,78 @@ TEST(Checkpoint, OtherOptimizersAndGarbageFailCleanly) {
   auto target = make_optimizer(model, ProjectionMode::philox);
   set_grads(model, 1);
   target->step();
-  expect_load_fails_cleanly(*target, model, dir.file("adam.pt"), "not a readable flora::Flora checkpoint");
+  expect_load_fails_cleanly(*target, model, dir.file("adam.pt"), "this is a torch::optim::Adam or AdamW checkpoint");
   const auto before = states(*target, model);
   EXPECT_ANY_THROW(torch::load(*target, dir.file("garbage.pt")));
   EXPECT_ANY_THROW(torch::load(*target, dir.file("missing.pt")));
   const auto after = states(*target, model);
   for (size_t i = 0; i < before.size(); ++i) {
     EXPECT_TRUE(after[i] == before[i]);
+  }
+}
+
+TEST(Checkpoint, EachForeignCheckpointIsNamed) {
+  TempDir dir;
+  auto model = make_model();
+  torch::optim::SGD sgd(model.params, torch::optim::SGDOptions(0.1).momentum(0.9));
+  torch::save(sgd, dir.file("sgd.pt"));
+  torch::optim::RMSprop rmsprop(model.params, torch::optim::RMSpropOptions(0.1));
+  torch::save(rmsprop, dir.file("rmsprop.pt"));
+  flora::CompressedAccumulator accumulator(model.params, flora::AccumulationOptions(2));
+  {
+    torch::serialize::OutputArchive archive;
+    accumulator.save(archive);
+    archive.save_to(dir.file("accumulator.pt"));
+  }
+  torch::nn::Linear linear(4, 3);
+  torch::save(linear, dir.file("module.pt"));
+
+  auto target = make_optimizer(model, ProjectionMode::philox);
+  set_grads(model, 1);
+  target->step();
+  expect_load_fails_cleanly(*target, model, dir.file("sgd.pt"), "this is a torch::optim::SGD checkpoint");
+  expect_load_fails_cleanly(*target, model, dir.file("rmsprop.pt"), "this is a torch::optim::RMSprop checkpoint");
+  expect_load_fails_cleanly(*target, model, dir.file("accumulator.pt"), "this is a flora::CompressedAccumulator checkpoint");
+  expect_load_fails_cleanly(*target, model, dir.file("module.pt"), "not an optimizer checkpoint (no 'param_groups'");
+}
+
+TEST(Checkpoint, ANewerFormatIsRefusedNamingBothVersions) {
+  TempDir dir;
+  auto model = make_model();
+  auto opt = make_optimizer(model, ProjectionMode::philox);
+  set_grads(model, 1);
+  opt->step();
+  {
+    // What a later flora would write: today's layout under a higher version.
+    torch::serialize::OutputArchive archive;
+    torch::optim::serialize<FloraParamState, FloraOptions>(archive, *opt);
+    archive.write("flora_format", c10::IValue(int64_t{999}));
+    archive.save_to(dir.file("future.pt"));
+  }
+  expect_load_fails_cleanly(*opt, model, dir.file("future.pt"), "the checkpoint has format 999, written by a newer flora; this flora reads formats 1 to ");
+}
+
+// The reverse direction: torch's own optimizers reject a Flora checkpoint
+// (their options lack Flora's keys) before changing anything.
+TEST(Checkpoint, TorchOptimizersRejectAFloraCheckpointUnchanged) {
+  TempDir dir;
+  save_after_one_step(dir.file("flora.pt"));
+  auto model = make_model();
+  torch::optim::Adam adam(model.params, torch::optim::AdamOptions(1e-3));
+  set_grads(model, 1);
+  adam.step();
+  std::vector<torch::Tensor> before;
+  for (const auto& p : model.params) {
+    const auto& s = static_cast<const torch::optim::AdamParamState&>(*adam.state().at(p.unsafeGetTensorImpl()));
+    before.push_back(s.exp_avg().clone());
+  }
+  EXPECT_THROW(torch::load(adam, dir.file("flora.pt")), c10::Error);
+  EXPECT_DOUBLE_EQ(adam.param_groups()[0].options().get_lr(), 1e-3);
+  for (size_t i = 0; i < model.params.size(); ++i) {
+    const auto& s =
+        static_cast<const torch::optim::AdamParamState&>(*adam.state().at(model.params[i].unsafeGetTensorImpl()));
+    EXPECT_TRUE(torch::equal(s.exp_avg(), before[i])) << i;
+    EXPECT_EQ(s.step(), 1) << i;
   }
 }
 

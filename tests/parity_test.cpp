@@ -1,13 +1,14 @@
 // Parity with the reference Python package flora-opt 0.0.3: the fixtures in
 // fixtures/parity/ were written by fixtures/parity/generate.py, which runs
 // the real package. Here ProjectionMode::reference must reproduce its
-// parameters and state after every step to 1e-6 relative error.
+// parameters and state after every step to 1e-6 relative error; it does so
+// bit for bit when the BLAS takes the code path the generator took
+// (reproducible_blas.cpp pins it for this binary).
 
 #include "parity_fixture.h"
 #include "test_util.h"
 
 #include <flora/flora.h>
-
 
 namespace {
 

@@ -7,7 +7,7 @@
 // program linked against them can crash inside std::filesystem calls.
 // Every function throws c10::Error naming the path on failure.
 
-#include <flora/checkpoint.h>
+#include <flora/atomic_file.h>
 
 #include <cstddef>
 #include <cstdint>

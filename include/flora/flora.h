@@ -3,7 +3,7 @@
 // The one include a user needs: #include <flora/flora.h>
 
 #include <flora/accumulation.h>
-#include <flora/checkpoint.h>
+#include <flora/atomic_file.h>
 #include <flora/fused_backward.h>
 #include <flora/memory.h>
 #include <flora/ops.h>

@@ -7,6 +7,7 @@
 // of flora-opt 0.0.3 (see docs in README.md).
 
 #include <flora/export.h>
+#include <flora/layout.h>
 #include <flora/options.h>
 
 #include <torch/optim/optimizer.h>
@@ -46,20 +47,6 @@ struct FLORA_API FloraParamState
       const FloraParamState& rhs);
   /// Bytes held by this state's tensors.
   int64_t nbytes() const;
-};
-
-/// What Flora keeps for a parameter of a given shape under given options
-/// (flora-opt's rules).
-struct FLORA_API ParamLayout {
-  /// 2-d and factorize_second_moment: row/column second moment.
-  bool factored = false;
-  /// beta1 set and > 0.
-  bool momentum = false;
-  /// momentum, rank set, factored, min(shape) >= rank and
-  /// max(shape) / min(shape) <= 4 (the last rules out embeddings).
-  bool compressed = false;
-
-  static ParamLayout of(torch::IntArrayRef shape, const FloraOptions& options);
 };
 
 class FLORA_API Flora : public torch::optim::Optimizer {

@@ -1,4 +1,4 @@
-#include <flora/checkpoint.h>
+#include <flora/atomic_file.h>
 
 #include <c10/util/Exception.h>
 

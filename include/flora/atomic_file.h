@@ -1,8 +1,8 @@
 #pragma once
 
-// Atomic checkpoint files: written to a temporary file beside the target,
-// flushed to disk, then renamed over it, so a crash mid-write never leaves a
-// truncated checkpoint where a good one was.
+// Files written atomically, for checkpoints: the bytes go to a temporary
+// file beside the target, which is flushed to disk and then renamed over it,
+// so a crash mid-write never leaves a truncated file where a good one was.
 
 #include <flora/export.h>
 

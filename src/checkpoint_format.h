@@ -1,0 +1,19 @@
+#pragma once
+
+// The version of flora::Flora's checkpoint format (the "flora_format" entry
+// of every checkpoint). A reader knows every version ever written: fields
+// carry the version that introduced them (option_fields.h, state_fields.h),
+// and a checkpoint of an older version gets the defaults of the fields it
+// predates. A checkpoint of a newer version is refused.
+//
+// History:
+//   1  flora 0.1: options and per-parameter state of flora-opt 0.0.3 plus
+//      projection, check_finite and quantization_block_size.
+
+#include <cstdint>
+
+namespace flora::detail {
+
+constexpr int64_t kCheckpointFormat = 1;
+
+} // namespace flora::detail
