@@ -72,11 +72,6 @@ std::vector<std::string> fixture_names() {
   return names;
 }
 
-const FloraParamState* state_of(const Flora& opt, const torch::Tensor& p) {
-  const auto it = opt.state().find(p.unsafeGetTensorImpl());
-  return it == opt.state().end() ? nullptr : &static_cast<const FloraParamState&>(*it->second);
-}
-
 // The state as the fixture recorded it (a dict of plain values).
 void expect_state(const FloraParamState* actual, const c10::IValue& expected, const std::string& where) {
   ASSERT_EQ(actual == nullptr, expected.isNone()) << where;
@@ -157,7 +152,7 @@ TEST_P(OldCheckpoint, LoadsAndContinuesAsItDidWhenWritten) {
 
   const auto saved = get(run, "saved_states").toList();
   for (size_t i = 0; i < params.size(); ++i) {
-    expect_state(state_of(opt, params[i]), saved.get(i), name + " (as loaded) param " + std::to_string(i));
+    expect_state(flora::testing::state_of<FloraParamState>(opt, params[i]), saved.get(i), name + " (as loaded) param " + std::to_string(i));
   }
   for (const c10::IValue step : get(run, "grads").toList()) {
     const auto grads = tensors(step);
@@ -172,7 +167,7 @@ TEST_P(OldCheckpoint, LoadsAndContinuesAsItDidWhenWritten) {
     const std::string where = name + " (continued) param " + std::to_string(i);
     EXPECT_EQ(params[i].scalar_type(), final_params[i].scalar_type()) << where;
     EXPECT_TRUE(torch::equal(params[i].detach(), final_params[i])) << where;
-    expect_state(state_of(opt, params[i]), final_states.get(i), where);
+    expect_state(flora::testing::state_of<FloraParamState>(opt, params[i]), final_states.get(i), where);
   }
 }
 

@@ -13,17 +13,7 @@ using flora::FusedBackward;
 using flora::FusedBackwardOptions;
 using flora::testing::expect_error;
 
-struct Net : torch::nn::Module {
-  Net() {
-    a = register_module("a", torch::nn::Linear(12, 32));
-    b = register_module("b", torch::nn::Linear(32, 32));
-    c = register_module("c", torch::nn::Linear(32, 3));
-  }
-  torch::Tensor forward(const torch::Tensor& x) {
-    return c(torch::tanh(b(torch::tanh(a(x)))));
-  }
-  torch::nn::Linear a{nullptr}, b{nullptr}, c{nullptr};
-};
+using Net = flora::testing::TanhMlp;
 
 struct Data {
   torch::Tensor x, y;
@@ -36,7 +26,7 @@ Data make_data() {
 
 std::shared_ptr<Net> make_net() {
   torch::manual_seed(0);
-  return std::make_shared<Net>();
+  return std::make_shared<Net>(12, 32, 3);
 }
 
 torch::Tensor loss_of(Net& net, const Data& d, int64_t batch, int64_t size) {

@@ -16,13 +16,13 @@ using flora::testing::param;
 using flora::testing::randn_like_seeded;
 
 const FloraParamState& state_of(const Flora& opt, const torch::Tensor& p) {
-  const auto it = opt.state().find(p.unsafeGetTensorImpl());
-  EXPECT_TRUE(it != opt.state().end());
-  return static_cast<const FloraParamState&>(*it->second);
+  const auto* state = flora::testing::state_of<FloraParamState>(opt, p);
+  TORCH_CHECK(state != nullptr, "the parameter has no state");
+  return *state;
 }
 
 bool has_state(const Flora& opt, const torch::Tensor& p) {
-  return opt.state().count(p.unsafeGetTensorImpl()) > 0;
+  return flora::testing::state_of<FloraParamState>(opt, p) != nullptr;
 }
 
 void set_grads(const std::vector<torch::Tensor>& params, uint64_t seed) {

@@ -134,17 +134,7 @@ TEST(Quantization, BadInputIsRejected) {
 
 // ---- the optimizer with 8-bit states --------------------------------------
 
-struct Mlp : torch::nn::Module {
-  Mlp() {
-    a = register_module("a", torch::nn::Linear(32, 64));
-    b = register_module("b", torch::nn::Linear(64, 64));
-    c = register_module("c", torch::nn::Linear(64, 8));
-  }
-  torch::Tensor forward(const torch::Tensor& x) {
-    return c(torch::tanh(b(torch::tanh(a(x)))));
-  }
-  torch::nn::Linear a{nullptr}, b{nullptr}, c{nullptr};
-};
+using Mlp = flora::testing::TanhMlp;
 
 // The 8-bit optimizer follows the float32 one over 100 steps of a real
 // problem: its loss stays within 10% of the float32 run's at every step, and
@@ -153,7 +143,7 @@ struct Mlp : torch::nn::Module {
 // apart along directions the loss does not see, so they are not compared.)
 TEST(QuantizedFlora, TracksTheFloat32OptimizerOver100Steps) {
   torch::manual_seed(0);
-  Mlp teacher;
+  Mlp teacher(32, 64, 8);
   const auto x = torch::randn({256, 32});
   torch::Tensor y;
   {
@@ -164,7 +154,7 @@ TEST(QuantizedFlora, TracksTheFloat32OptimizerOver100Steps) {
                            flora::FloraOptions(3e-2).beta1(0.9).rank(8)}) {
     auto run = [&](bool quantized) {
       torch::manual_seed(1);
-      auto student = std::make_shared<Mlp>();
+      auto student = std::make_shared<Mlp>(32, 64, 8);
       flora::Flora opt(student->parameters(), flora::FloraOptions(base).quantization(quantized));
       std::vector<double> losses;
       for (int s = 0; s < 100; ++s) {

@@ -51,6 +51,27 @@ inline torch::Tensor randn_like_seeded(const torch::Tensor& like, uint64_t seed)
   return torch::randn(like.sizes(), gen).to(like.scalar_type());
 }
 
+/// Three linear layers with tanh between them: the small network the
+/// training tests fit.
+struct TanhMlp : torch::nn::Module {
+  TanhMlp(int64_t in, int64_t hidden, int64_t out) {
+    a = register_module("a", torch::nn::Linear(in, hidden));
+    b = register_module("b", torch::nn::Linear(hidden, hidden));
+    c = register_module("c", torch::nn::Linear(hidden, out));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return c(torch::tanh(b(torch::tanh(a(x)))));
+  }
+  torch::nn::Linear a{nullptr}, b{nullptr}, c{nullptr};
+};
+
+/// The optimizer's state of `p`, or null if it has none yet.
+template <typename State, typename Optimizer>
+const State* state_of(const Optimizer& opt, const torch::Tensor& p) {
+  const auto it = opt.state().find(p.unsafeGetTensorImpl());
+  return it == opt.state().end() ? nullptr : &static_cast<const State&>(*it->second);
+}
+
 /// A temporary directory, removed with its contents at the end of the scope.
 /// (POSIX calls, not <filesystem>: the LibTorch wheels export their own
 /// statically linked std::filesystem symbols, pytorch/pytorch#133437, and a

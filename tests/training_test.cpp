@@ -7,17 +7,7 @@
 
 namespace {
 
-struct Mlp : torch::nn::Module {
-  Mlp() {
-    fc1 = register_module("fc1", torch::nn::Linear(32, 64));
-    fc2 = register_module("fc2", torch::nn::Linear(64, 64));
-    fc3 = register_module("fc3", torch::nn::Linear(64, 8));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    return fc3(torch::tanh(fc2(torch::tanh(fc1(x)))));
-  }
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, fc3{nullptr};
-};
+using Mlp = flora::testing::TanhMlp;
 
 struct Problem {
   torch::Tensor x, y, x_test, y_test;
@@ -25,7 +15,7 @@ struct Problem {
 
 Problem make_problem() {
   torch::manual_seed(0);
-  Mlp teacher;
+  Mlp teacher(32, 64, 8);
   Problem p;
   p.x = torch::randn({512, 32});
   p.x_test = torch::randn({256, 32});
@@ -44,7 +34,7 @@ struct Result {
 template <typename MakeOptimizer>
 Result train(const Problem& p, MakeOptimizer make_optimizer, int steps) {
   torch::manual_seed(1); // the same student initialisation for every optimizer
-  Mlp student;
+  Mlp student(32, 64, 8);
   auto optimizer = make_optimizer(student.parameters());
   Result r{};
   for (int s = 0; s < steps; ++s) {
