@@ -3,7 +3,7 @@
 // optimizer_checkpoint.cpp).
 
 #include "param_state.h"
-#include "update.h"
+#include "step.h"
 
 #include <flora/optimizer.h>
 
@@ -66,6 +66,18 @@ void check_all_finite(const std::vector<PendingUpdate>& pending) {
   }
 }
 
+// Reference-mode parameters go through flora-opt's sequence, the others
+// through the fused step; every check comes before the first change.
+void run_step(detail::StateMap& states, std::vector<PendingUpdate>& pending) {
+  std::vector<PendingUpdate> reference, fused;
+  for (auto& p : pending) {
+    (p.options->projection() == ProjectionMode::reference ? reference : fused).push_back(std::move(p));
+  }
+  check_all_finite(reference);
+  detail::fused_step(states, fused); // checks its own gradients first
+  detail::reference_step(states, reference);
+}
+
 } // namespace
 
 Flora::Flora(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, FloraOptions defaults)
@@ -108,9 +120,7 @@ torch::Tensor Flora::step(LossClosure closure) {
       pending.push_back({param, grad, &options, index, std::move(who)});
     }
   }
-  check_all_finite(pending);
-
-  detail::apply_updates(state_, pending);
+  run_step(state_, pending);
   return loss;
 }
 
@@ -133,8 +143,7 @@ void Flora::step_parameter(const torch::Tensor& param, const torch::Tensor& grad
       auto who = detail::describe_parameter(index, g, i, param);
       check_gradient(param, grad, who);
       std::vector<PendingUpdate> pending{{param, grad, &options, index, std::move(who)}};
-      check_all_finite(pending);
-      detail::apply_updates(state_, pending);
+      run_step(state_, pending);
       return;
     }
   }

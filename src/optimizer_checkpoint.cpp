@@ -7,7 +7,7 @@
 #include "option_fields.h"
 #include "param_state.h"
 #include "state_fields.h"
-#include "update.h"
+#include "step.h"
 
 #include <flora/optimizer.h>
 

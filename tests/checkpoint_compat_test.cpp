@@ -72,8 +72,44 @@ std::vector<std::string> fixture_names() {
   return names;
 }
 
+// How close a continued run must come to the run that wrote the fixture.
+// Loading is lossless in every mode (checked bit for bit right after the
+// load), and in reference mode the step is flora-opt's, fixed forever: the
+// continuation is bit for bit too. The philox step is ours to make faster,
+// and it changed since format 1 (the fused step rounds differently), so
+// there the continuation agrees to float32 rounding: what the CPU-vs-GPU
+// tests accept, with 8-bit codes allowed to differ by one code.
+struct Tolerance {
+  bool exact = true;
+};
+
+double worst_philox_error = 0.0;
+int64_t philox_code_flips = 0;
+
+void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, const Tolerance& tol, const std::string& where) {
+  ASSERT_EQ(actual.scalar_type(), expected.scalar_type()) << where;
+  ASSERT_EQ(actual.sizes(), expected.sizes()) << where;
+  if (tol.exact) {
+    EXPECT_TRUE(torch::equal(actual, expected)) << where << " differs";
+    return;
+  }
+  if (actual.scalar_type() == torch::kUInt8) {
+    const auto diff = (actual.to(torch::kInt) - expected.to(torch::kInt)).abs();
+    EXPECT_LE(diff.max().item<int>(), 1) << where << ": an 8-bit code moved by more than one";
+    philox_code_flips += diff.ne(0).sum().item<int64_t>();
+    return;
+  }
+  const double error = flora::testing::relative_error(actual, expected);
+  worst_philox_error = std::max(worst_philox_error, error);
+  const double bound = actual.scalar_type() == torch::kBFloat16 ? std::ldexp(1.0, -7)
+      : actual.scalar_type() == torch::kHalf                    ? std::ldexp(1.0, -10)
+                                                                : 1e-5;
+  EXPECT_LE(error, bound) << where;
+}
+
 // The state as the fixture recorded it (a dict of plain values).
-void expect_state(const FloraParamState* actual, const c10::IValue& expected, const std::string& where) {
+void expect_state(
+    const FloraParamState* actual, const c10::IValue& expected, const std::string& where, const Tolerance& tol = {}) {
   ASSERT_EQ(actual == nullptr, expected.isNone()) << where;
   if (actual == nullptr) {
     return;
@@ -92,8 +128,7 @@ void expect_state(const FloraParamState* actual, const c10::IValue& expected, co
     const c10::IValue want = get(expected, name);
     ASSERT_EQ(tensor->defined(), !want.isNone()) << where << ": " << name;
     if (!want.isNone()) {
-      EXPECT_EQ(tensor->scalar_type(), want.toTensor().scalar_type()) << where << ": " << name;
-      EXPECT_TRUE(torch::equal(*tensor, want.toTensor())) << where << ": " << name << " differs";
+      expect_close(*tensor, want.toTensor(), tol, where + ": " + name);
     }
   }
 }
@@ -163,11 +198,18 @@ TEST_P(OldCheckpoint, LoadsAndContinuesAsItDidWhenWritten) {
   }
   const auto final_params = tensors(get(run, "final_params"));
   const auto final_states = get(run, "final_states").toList();
+  Tolerance tol;
+  tol.exact = static_cast<const FloraOptions&>(opt.param_groups()[0].options()).projection() == ProjectionMode::reference;
   for (size_t i = 0; i < params.size(); ++i) {
     const std::string where = name + " (continued) param " + std::to_string(i);
-    EXPECT_EQ(params[i].scalar_type(), final_params[i].scalar_type()) << where;
-    EXPECT_TRUE(torch::equal(params[i].detach(), final_params[i])) << where;
-    expect_state(flora::testing::state_of<FloraParamState>(opt, params[i]), final_states.get(i), where);
+    expect_close(params[i].detach(), final_params[i], tol, where);
+    expect_state(flora::testing::state_of<FloraParamState>(opt, params[i]), final_states.get(i), where, tol);
+  }
+  if (!tol.exact) {
+    std::cout << "[ compat   ] " << name << ": continued within relative error " << worst_philox_error << ", "
+              << philox_code_flips << " 8-bit codes one apart" << std::endl;
+    worst_philox_error = 0.0;
+    philox_code_flips = 0;
   }
 }
 

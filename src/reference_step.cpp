@@ -1,8 +1,9 @@
-// The arithmetic of one Flora step, written once in terms of flora's
-// operators and ATen: it knows nothing about devices; the kernels behind the
-// operators do.
+// The reference step: flora-opt 0.0.3's sequence of ATen operations (its
+// rounding, its temporaries), for bit-parity with the Python package in
+// ProjectionMode::reference. Device-agnostic: the kernels behind the
+// operators know the devices.
 
-#include "update.h"
+#include "step.h"
 
 #include "param_state.h"
 
@@ -169,7 +170,7 @@ void update_factored(
 
 } // namespace
 
-void apply_updates(StateMap& states, std::vector<PendingUpdate>& pending) {
+void reference_step(StateMap& states, std::vector<PendingUpdate>& pending) {
   // Parameters on the full-second-moment path (biases, norms, embeddings
   // when not factored, higher-rank tensors) are updated together, one call per
   // (options, device, dtype): on CUDA that is two launches for all of them.

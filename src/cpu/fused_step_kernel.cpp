@@ -1,0 +1,457 @@
+// CPU kernels of the fused step's operators (src/fused_ops.h): argument
+// checks, the per-parameter scalars (step_math.h), and the vectorised work
+// of fused_kernels.h. Step counts and the learning rate are read from the
+// counters / lr tensors when a capturable step gives them (on the CPU that
+// memory is the host's).
+
+#include "../fused_checks.h"
+#include "../fused_ops.h"
+#include "../philox.h"
+#include "../step_math.h"
+#include "fused_kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+
+namespace flora::cpu {
+namespace {
+
+using detail::StepHyper;
+using detail::SumsLayout;
+using OptTensor = const std::optional<at::Tensor>&;
+
+TensorView view_of(const at::Tensor& param, const at::Tensor& grad, bool matrix) {
+  TensorView v;
+  v.param = param.data_ptr();
+  v.grad = grad.data_ptr();
+  v.dtype = param.scalar_type();
+  v.rows = matrix ? param.size(0) : 1;
+  v.cols = matrix ? param.size(1) : param.numel();
+  return v;
+}
+
+// This step's count of parameter i.
+std::vector<int64_t> resolve_steps(c10::ArrayRef<int64_t> steps, at::TensorList counters, size_t n) {
+  if (counters.empty()) {
+    return steps.vec();
+  }
+  std::vector<int64_t> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = counters[i].data_ptr<int64_t>()[0];
+    TORCH_CHECK(out[i] >= 1, "flora fused step: counters[", i, "] holds step ", out[i], "; advance_counters_ first");
+  }
+  return out;
+}
+
+double resolve_lr(OptTensor lr_tensor, const StepHyper& h) {
+  return lr_tensor.has_value() ? lr_tensor->data_ptr<double>()[0] : h.lr;
+}
+
+Moment moment_of(at::TensorList values, at::TensorList absmaxes, size_t i, int64_t block, OptTensor code_map) {
+  Moment m;
+  if (values.empty()) {
+    return m;
+  }
+  if (values[i].scalar_type() == at::kByte) {
+    m.codes = values[i].data_ptr<uint8_t>();
+    m.absmax = absmaxes[i].data_ptr<float>();
+    m.block = block;
+    m.code_map = code_map->data_ptr<float>();
+  } else {
+    m.values = values[i].data_ptr<float>();
+  }
+  return m;
+}
+
+// Adafactor's row and column EMAs from phase 1's sums of g^2, then the
+// normalising factors rsqrt(row / mean(row)) and rsqrt(col) written over
+// the sums (which are not needed after this).
+void factored_factors(
+    float* row_sums, float* col_sums, float* row, float* col, int64_t rows, int64_t cols, int64_t step,
+    double eps1, double decay_rate) {
+  const double beta2 = detail::beta2_at(step, decay_rate);
+  const float b2 = static_cast<float>(beta2);
+  const float omb2 = static_cast<float>(1.0 - beta2);
+  const float e = static_cast<float>(eps1);
+  const float inv_cols = 1.0f / static_cast<float>(cols);
+  const float inv_rows = 1.0f / static_cast<float>(rows);
+  double row_total = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    row[r] = row[r] * b2 + (row_sums[r] * inv_cols + e) * omb2;
+    row_total += row[r];
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    col[c] = col[c] * b2 + (col_sums[c] * inv_rows + e) * omb2;
+  }
+  const float row_mean = static_cast<float>(row_total / static_cast<double>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    row_sums[r] = 1.0f / std::sqrt(row[r] / row_mean);
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    col_sums[c] = 1.0f / std::sqrt(col[c]);
+  }
+}
+
+void check_matrices(const char* op, at::TensorList params) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(params[i].dim() == 2, op, ": params[", i, "] must be 2-d, got shape ", params[i].sizes());
+  }
+}
+
+// ---------------------------------------------------------------- operators
+
+void gradient_sums_cpu(at::TensorList params, at::TensorList grads, bool factored, at::Tensor& flags, at::Tensor& sums) {
+  constexpr const char* op = "gradient_sums_";
+  detail::check_params_and_grads(op, params, grads);
+  if (factored) {
+    check_matrices(op, params);
+  }
+  const auto layout = SumsLayout::of(params, factored);
+  if (params.empty()) {
+    return;
+  }
+  const auto device = params[0].device();
+  detail::check_sums(op, sums, layout, device);
+  TORCH_CHECK(
+      flags.scalar_type() == at::kFloat && flags.numel() == static_cast<int64_t>(params.size()) &&
+          flags.is_contiguous() && flags.device() == device,
+      op, ": flags must be a contiguous float32 tensor of ", params.size(), " elements on ", device);
+  float* s = sums.data_ptr<float>();
+  float* f = flags.data_ptr<float>();
+  const auto& k = kernels();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto view = view_of(params[i], grads[i], factored);
+    const auto r = k.gradient_sums(
+        view, factored, factored ? s + layout.row_offset[i] : nullptr, factored ? s + layout.col_offset[i] : nullptr);
+    s[layout.param_sq(static_cast<int64_t>(i))] = static_cast<float>(r.param_sq);
+    f[i] = r.nonfinite ? 1.0f : 0.0f;
+  }
+}
+
+// Shared by factored_step_ and full_step_: update_sq, coefficients, apply.
+void update_and_apply(
+    const Kernels& k, const TensorView& view, const UpdateRule& rule, float* sums, const SumsLayout& layout, size_t i,
+    int64_t step, double lr, const StepHyper& h, at::Tensor rms) {
+  const double update_sq = k.update_sq(view, rule);
+  sums[layout.update_sq(static_cast<int64_t>(i))] = static_cast<float>(update_sq);
+  const auto c = detail::write_coefficients(
+      sums[layout.param_sq(static_cast<int64_t>(i))], update_sq, view.numel(), detail::base_step_size(step, lr, h), h);
+  k.apply(view, rule, ApplyRule{static_cast<float>(c.keep), static_cast<float>(c.scale)});
+  rms.data_ptr<float>()[0] = static_cast<float>(c.param_rms);
+}
+
+void momentum_rule(UpdateRule& rule, const StepHyper& h) {
+  rule.beta1 = static_cast<float>(h.beta1);
+  rule.one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
+}
+
+void factored_step_cpu(
+    at::TensorList params, at::TensorList grads, at::TensorList rows, at::TensorList cols, at::TensorList exp_avgs,
+    at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums, c10::ArrayRef<int64_t> steps,
+    at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper, int64_t block_size,
+    OptTensor code_map) {
+  constexpr const char* op = "factored_step_";
+  detail::check_params_and_grads(op, params, grads);
+  check_matrices(op, params);
+  if (params.empty()) {
+    return;
+  }
+  const auto h = ops::hyper_from(hyper);
+  const auto layout = SumsLayout::of(params, true);
+  detail::check_state_list(op, "exp_avg_sq_rows", rows, params, at::kFloat, [&](size_t i) { return params[i].size(0); });
+  detail::check_state_list(op, "exp_avg_sq_cols", cols, params, at::kFloat, [&](size_t i) { return params[i].size(1); });
+  detail::check_moments(op, "exp_avgs", exp_avgs, exp_avg_absmaxs, params, block_size, code_map, [&](size_t i) {
+    return params[i].numel();
+  });
+  TORCH_CHECK(exp_avgs.empty() == (h.beta1 == 0.0), op, ": exp_avgs must be given exactly when beta1 > 0");
+  detail::check_state_list(op, "rms", rms, params, at::kFloat, [](size_t) { return int64_t{1}; });
+  detail::check_counters(op, counters, params);
+  detail::check_steps(op, steps, counters, params.size());
+  detail::check_sums(op, sums, layout, params[0].device());
+  detail::check_lr_tensor(op, lr_tensor, params[0].device());
+
+  const auto step_of = resolve_steps(steps, counters, params.size());
+  const double lr = resolve_lr(lr_tensor, h);
+  float* s = sums.data_ptr<float>();
+  const auto& k = kernels();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto view = view_of(params[i], grads[i], true);
+    float* rf = s + layout.row_offset[i];
+    float* cf = s + layout.col_offset[i];
+    factored_factors(
+        rf, cf, rows[i].data_ptr<float>(), cols[i].data_ptr<float>(), view.rows, view.cols, step_of[i], h.eps1,
+        h.decay_rate);
+    UpdateRule rule;
+    rule.factored = true;
+    rule.row_factor = rf;
+    rule.col_factor = cf;
+    rule.momentum = moment_of(exp_avgs, exp_avg_absmaxs, i, block_size, code_map);
+    momentum_rule(rule, h);
+    update_and_apply(k, view, rule, s, layout, i, step_of[i], lr, h, rms[i]);
+  }
+}
+
+void full_step_cpu(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avg_sqs, at::TensorList exp_avg_sq_absmaxs,
+    at::TensorList exp_avgs, at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums,
+    c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper,
+    int64_t block_size, OptTensor code_map) {
+  constexpr const char* op = "full_step_";
+  detail::check_params_and_grads(op, params, grads);
+  if (params.empty()) {
+    return;
+  }
+  const auto h = ops::hyper_from(hyper);
+  const auto layout = SumsLayout::of(params, false);
+  const auto numel = [&](size_t i) { return params[i].numel(); };
+  TORCH_CHECK(!exp_avg_sqs.empty(), op, ": exp_avg_sqs are required");
+  detail::check_moments(op, "exp_avg_sqs", exp_avg_sqs, exp_avg_sq_absmaxs, params, block_size, code_map, numel);
+  detail::check_moments(op, "exp_avgs", exp_avgs, exp_avg_absmaxs, params, block_size, code_map, numel);
+  TORCH_CHECK(exp_avgs.empty() == (h.beta1 == 0.0), op, ": exp_avgs must be given exactly when beta1 > 0");
+  detail::check_state_list(op, "rms", rms, params, at::kFloat, [](size_t) { return int64_t{1}; });
+  detail::check_counters(op, counters, params);
+  detail::check_steps(op, steps, counters, params.size());
+  detail::check_sums(op, sums, layout, params[0].device());
+  detail::check_lr_tensor(op, lr_tensor, params[0].device());
+
+  const auto step_of = resolve_steps(steps, counters, params.size());
+  const double lr = resolve_lr(lr_tensor, h);
+  float* s = sums.data_ptr<float>();
+  const auto& k = kernels();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto view = view_of(params[i], grads[i], false);
+    const double beta2 = detail::beta2_at(step_of[i], h.decay_rate);
+    UpdateRule rule;
+    rule.factored = false;
+    rule.second = moment_of(exp_avg_sqs, exp_avg_sq_absmaxs, i, block_size, code_map);
+    rule.beta2 = static_cast<float>(beta2);
+    rule.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+    rule.eps1 = static_cast<float>(h.eps1);
+    rule.momentum = moment_of(exp_avgs, exp_avg_absmaxs, i, block_size, code_map);
+    momentum_rule(rule, h);
+    update_and_apply(k, view, rule, s, layout, i, step_of[i], lr, h, rms[i]);
+  }
+}
+
+void factored_normalize_cpu(
+    at::TensorList grads, at::TensorList rows, at::TensorList cols, at::Tensor& sums, c10::ArrayRef<int64_t> steps,
+    at::TensorList counters, double eps1, double decay_rate, at::Tensor& out) {
+  constexpr const char* op = "factored_normalize_";
+  // The gradients stand in for the parameters: only their shapes matter.
+  detail::check_params_and_grads(op, grads, grads);
+  check_matrices(op, grads);
+  if (grads.empty()) {
+    return;
+  }
+  const auto layout = SumsLayout::of(grads, true);
+  const int64_t m = grads[0].size(0), n = grads[0].size(1);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    TORCH_CHECK(grads[i].sizes() == grads[0].sizes(), op, ": grads[", i, "] is ", grads[i].sizes(), ", grads[0] ", grads[0].sizes());
+  }
+  detail::check_state_list(op, "exp_avg_sq_rows", rows, grads, at::kFloat, [&](size_t) { return m; });
+  detail::check_state_list(op, "exp_avg_sq_cols", cols, grads, at::kFloat, [&](size_t) { return n; });
+  detail::check_counters(op, counters, grads);
+  detail::check_steps(op, steps, counters, grads.size());
+  detail::check_sums(op, sums, layout, grads[0].device());
+  detail::check_batch(op, "out", out, static_cast<int64_t>(grads.size()), m, n, grads[0].device());
+
+  const auto step_of = resolve_steps(steps, counters, grads.size());
+  float* s = sums.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const auto& k = kernels();
+  for (size_t i = 0; i < grads.size(); ++i) {
+    float* rf = s + layout.row_offset[i];
+    float* cf = s + layout.col_offset[i];
+    factored_factors(rf, cf, rows[i].data_ptr<float>(), cols[i].data_ptr<float>(), m, n, step_of[i], eps1, decay_rate);
+    k.normalize(view_of(grads[i], grads[i], true), rf, cf, o + static_cast<int64_t>(i) * m * n);
+  }
+}
+
+void apply_updates_cpu(
+    at::TensorList params, const at::Tensor& updates, at::TensorList rms, at::Tensor& sums,
+    c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper) {
+  constexpr const char* op = "apply_updates_";
+  detail::check_params_and_grads(op, params, params);
+  check_matrices(op, params);
+  if (params.empty()) {
+    return;
+  }
+  const auto h = ops::hyper_from(hyper);
+  const auto layout = SumsLayout::of(params, true);
+  const int64_t m = params[0].size(0), n = params[0].size(1);
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(params[i].sizes() == params[0].sizes(), op, ": params[", i, "] is ", params[i].sizes(), ", params[0] ", params[0].sizes());
+  }
+  detail::check_batch(op, "updates", updates, static_cast<int64_t>(params.size()), m, n, params[0].device());
+  detail::check_state_list(op, "rms", rms, params, at::kFloat, [](size_t) { return int64_t{1}; });
+  detail::check_counters(op, counters, params);
+  detail::check_steps(op, steps, counters, params.size());
+  detail::check_sums(op, sums, layout, params[0].device());
+  detail::check_lr_tensor(op, lr_tensor, params[0].device());
+
+  const auto step_of = resolve_steps(steps, counters, params.size());
+  const double lr = resolve_lr(lr_tensor, h);
+  float* s = sums.data_ptr<float>();
+  const float* u = updates.data_ptr<float>();
+  const auto& k = kernels();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const float* update = u + static_cast<int64_t>(i) * m * n;
+    const double update_sq = k.sum_sq(update, m * n);
+    s[layout.update_sq(static_cast<int64_t>(i))] = static_cast<float>(update_sq);
+    const auto c = detail::write_coefficients(
+        s[layout.param_sq(static_cast<int64_t>(i))], update_sq, m * n, detail::base_step_size(step_of[i], lr, h), h);
+    k.apply_from(view_of(params[i], params[i], true), update, ApplyRule{static_cast<float>(c.keep), static_cast<float>(c.scale)});
+    rms[i].data_ptr<float>()[0] = static_cast<float>(c.param_rms);
+  }
+}
+
+uint64_t projection_seed(int64_t seed, ops::SeedSide side) {
+  const auto s = static_cast<uint64_t>(seed);
+  switch (side) {
+    case ops::SeedSide::left:
+      return detail::mix64(s ^ detail::kLeftSeedDomain);
+    case ops::SeedSide::right:
+      return detail::mix64(s ^ detail::kRightSeedDomain);
+    default:
+      return s;
+  }
+}
+
+void philox_normal_batch_cpu(
+    at::Tensor& out, c10::ArrayRef<int64_t> seeds, at::TensorList counters, int64_t counter_slot, int64_t side,
+    double scale) {
+  constexpr const char* op = "philox_normal_batch_";
+  TORCH_CHECK(
+      out.dim() == 3 && out.scalar_type() == at::kFloat && out.is_contiguous(), op,
+      ": out must be a contiguous float32 [G, rows, cols], got ", out.scalar_type(), " ", out.sizes());
+  TORCH_CHECK(side >= 0 && side <= 2, op, ": side must be 0 (direct), 1 (left) or 2 (right), got ", side);
+  const int64_t count = out.size(0);
+  if (counters.empty()) {
+    TORCH_CHECK(static_cast<int64_t>(seeds.size()) == count, op, ": ", seeds.size(), " seeds for ", count, " matrices");
+  } else {
+    TORCH_CHECK(static_cast<int64_t>(counters.size()) == count, op, ": ", counters.size(), " counters for ", count, " matrices");
+    TORCH_CHECK(counter_slot == 1 || counter_slot == 2, op, ": counter_slot must be 1 (seed) or 2 (previous seed), got ", counter_slot);
+    for (size_t i = 0; i < counters.size(); ++i) {
+      TORCH_CHECK(
+          counters[i].scalar_type() == at::kLong && counters[i].numel() == 3 && counters[i].is_contiguous() &&
+              counters[i].device() == out.device(),
+          op, ": counters[", i, "] must be a contiguous int64 tensor of 3 elements on ", out.device());
+    }
+  }
+  const int64_t rows = out.size(1), cols = out.size(2);
+  float* o = out.data_ptr<float>();
+  const auto& k = kernels();
+  for (int64_t g = 0; g < count; ++g) {
+    const int64_t seed = counters.empty() ? seeds[g] : counters[g].data_ptr<int64_t>()[counter_slot];
+    k.philox_normal(
+        o + g * rows * cols, rows, cols, projection_seed(seed, static_cast<ops::SeedSide>(side)),
+        static_cast<float>(scale));
+  }
+}
+
+void gather_moments_cpu(
+    at::TensorList moments, at::TensorList absmaxes, int64_t block_size, OptTensor code_map, at::Tensor& out) {
+  constexpr const char* op = "gather_moments_";
+  if (moments.empty()) {
+    return;
+  }
+  const int64_t each = moments[0].numel();
+  TORCH_CHECK(
+      out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == each * static_cast<int64_t>(moments.size()) &&
+          out.device() == moments[0].device(),
+      op, ": out must be a contiguous float32 tensor of ", moments.size(), " x ", each, " elements on ", moments[0].device());
+  const bool quantized = detail::check_moments(op, "moments", moments, absmaxes, moments, block_size, code_map, [&](size_t) { return each; });
+  float* o = out.data_ptr<float>();
+  const auto& k = kernels();
+  for (size_t i = 0; i < moments.size(); ++i) {
+    float* dst = o + static_cast<int64_t>(i) * each;
+    if (quantized) {
+      k.dequantize(moment_of(moments, absmaxes, i, block_size, code_map), each, dst);
+    } else {
+      std::memcpy(dst, moments[i].data_ptr<float>(), static_cast<size_t>(each) * sizeof(float));
+    }
+  }
+}
+
+void scatter_moments_cpu(
+    const at::Tensor& src, at::TensorList moments, at::TensorList absmaxes, int64_t block_size, OptTensor code_map) {
+  constexpr const char* op = "scatter_moments_";
+  if (moments.empty()) {
+    return;
+  }
+  const int64_t each = moments[0].numel();
+  TORCH_CHECK(
+      src.scalar_type() == at::kFloat && src.is_contiguous() && src.numel() == each * static_cast<int64_t>(moments.size()) &&
+          src.device() == moments[0].device(),
+      op, ": src must be a contiguous float32 tensor of ", moments.size(), " x ", each, " elements on ", moments[0].device());
+  const bool quantized = detail::check_moments(op, "moments", moments, absmaxes, moments, block_size, code_map, [&](size_t) { return each; });
+  const float* s = src.data_ptr<float>();
+  const auto& k = kernels();
+  for (size_t i = 0; i < moments.size(); ++i) {
+    const float* from = s + static_cast<int64_t>(i) * each;
+    if (quantized) {
+      k.quantize(from, each, moment_of(moments, absmaxes, i, block_size, code_map));
+    } else {
+      std::memcpy(moments[i].data_ptr<float>(), from, static_cast<size_t>(each) * sizeof(float));
+    }
+  }
+}
+
+void advance_counters_cpu(at::TensorList counters, int64_t kappa) {
+  TORCH_CHECK(kappa > 0, "advance_counters_: kappa must be positive, got ", kappa);
+  for (size_t i = 0; i < counters.size(); ++i) {
+    TORCH_CHECK(
+        counters[i].scalar_type() == at::kLong && counters[i].numel() == 3 && counters[i].is_contiguous(),
+        "advance_counters_: counters[", i, "] must be a contiguous int64 tensor of 3 elements");
+    int64_t* c = counters[i].data_ptr<int64_t>();
+    c[0] += 1;
+    c[2] = c[1];
+    if (c[0] % kappa == 0) {
+      c[1] = static_cast<int64_t>(detail::mix64(static_cast<uint64_t>(c[1]) ^ detail::kNextSeedDomain));
+    }
+  }
+}
+
+void keep_unless_resampled_cpu(at::Tensor& transforms, at::TensorList counters, int64_t kappa) {
+  constexpr const char* op = "keep_unless_resampled_";
+  TORCH_CHECK(kappa > 0, op, ": kappa must be positive, got ", kappa);
+  TORCH_CHECK(
+      transforms.dim() == 3 && transforms.size(1) == transforms.size(2) && transforms.scalar_type() == at::kFloat &&
+          transforms.is_contiguous() && transforms.size(0) == static_cast<int64_t>(counters.size()),
+      op, ": transforms must be a contiguous float32 [", counters.size(), ", r, r], got ", transforms.sizes());
+  const int64_t r = transforms.size(1);
+  float* t = transforms.data_ptr<float>();
+  for (size_t g = 0; g < counters.size(); ++g) {
+    TORCH_CHECK(
+        counters[g].scalar_type() == at::kLong && counters[g].numel() == 3 && counters[g].is_contiguous(), op,
+        ": counters[", g, "] must be a contiguous int64 tensor of 3 elements");
+    if (counters[g].data_ptr<int64_t>()[0] % kappa != 0) {
+      float* m = t + static_cast<int64_t>(g) * r * r;
+      std::fill(m, m + r * r, 0.0f);
+      for (int64_t d = 0; d < r; ++d) {
+        m[d * r + d] = 1.0f;
+      }
+    }
+  }
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(flora, CPU, m) {
+  m.impl("gradient_sums_", &gradient_sums_cpu);
+  m.impl("factored_step_", &factored_step_cpu);
+  m.impl("full_step_", &full_step_cpu);
+  m.impl("factored_normalize_", &factored_normalize_cpu);
+  m.impl("apply_updates_", &apply_updates_cpu);
+  m.impl("philox_normal_batch_", &philox_normal_batch_cpu);
+  m.impl("gather_moments_", &gather_moments_cpu);
+  m.impl("scatter_moments_", &scatter_moments_cpu);
+  m.impl("advance_counters_", &advance_counters_cpu);
+  m.impl("keep_unless_resampled_", &keep_unless_resampled_cpu);
+}
+
+} // namespace flora::cpu
