@@ -109,8 +109,8 @@ __global__ void full_moment_step_size_kernel(
     TensorTable table, StepRule rule, const float* __restrict__ partial, ParamStep* __restrict__ steps,
     float* __restrict__ rms_out) {
   const int t = blockIdx.x;
-  const ParamStep s = reduce_param_step(
-      partial + 2 * static_cast<int64_t>(table.partial_base[t]), table.chunks[t], table.sizes[t], rule);
+  const StepSizes sizes = table.sizes[t];
+  const ParamStep s = reduce_param_step(partial + 2 * static_cast<int64_t>(table.partial_base[t]), table.chunks[t], sizes, rule);
   if (threadIdx.x == 0) {
     steps[table.index[t]] = s;
     rms_out[table.index[t]] = s.rms;

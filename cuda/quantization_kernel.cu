@@ -34,18 +34,18 @@ CodeMap code_map_of(const at::Tensor& code) {
   return map;
 }
 
-__device__ __forceinline__ void stage_code_map(const CodeMap& code, float* map) {
-  block_stride(0, 256, [&](int64_t i) { map[i] = code.value[i]; });
-  __syncthreads();
-}
-
 __global__ void quantize_blockwise_kernel(
     const float* __restrict__ x, int64_t n, int64_t block_size, const CodeMap code, uint8_t* __restrict__ q,
     float* __restrict__ absmax) {
   __shared__ float map[256];
   __shared__ float scratch[kWarps];
   __shared__ float block_absmax;
-  stage_code_map(code, map);
+  // Indexed straight from the parameter (a constant-bank load): never through
+  // a reference or a lambda capture, which would make a per-thread copy.
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+    map[i] = code.value[i];
+  }
+  __syncthreads();
   const int64_t first = static_cast<int64_t>(blockIdx.x) * block_size;
   const int64_t last = first + block_size < n ? first + block_size : n;
   float m = 0.0f;
@@ -69,7 +69,10 @@ __global__ void dequantize_blockwise_kernel(
     const uint8_t* __restrict__ q, const float* __restrict__ absmax, const CodeMap code, int64_t n, int64_t block_size,
     float* __restrict__ out) {
   __shared__ float map[256];
-  stage_code_map(code, map);
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) { // as in quantize_blockwise_kernel
+    map[i] = code.value[i];
+  }
+  __syncthreads();
   grid_stride(n, [&](int64_t i) { out[i] = __fmul_rn(map[q[i]], absmax[i / block_size]); });
 }
 

@@ -87,13 +87,14 @@ finish() {
 : > "$LOGS/stages.txt"
 stamp "machine"
 {
-  nvidia-smi -L 2>&1 || true
-  timeout 60 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")' 2>&1
-  echo "nproc $(nproc); budget ${BUDGET}s"
+  timeout 20 nvidia-smi -L 2>/dev/null || echo "nvidia-smi: no GPU found"
+  timeout 60 "$PYTHON" -W ignore -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")' 2>/dev/null \
+    || echo "$PYTHON: cannot import torch"
+  echo "$(nproc) cores"
 } > "$LOGS/machine.txt"
 cat "$LOGS/machine.txt"
 gpu=0
-nvidia-smi -L > /dev/null 2>&1 && gpu=1
+timeout 20 nvidia-smi -L > /dev/null 2>&1 && gpu=1
 
 failed=0
 if [ "${FLORA_GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then

@@ -55,20 +55,25 @@ def main():
         lines.append(f"  {line}")
 
     counts = test_counts(logs)
+    test_log = read(logs, "cuda_tests.log")
     if counts:
         tests, failures, skipped, failed = counts
         lines.append(f"CUDA tests: {tests} run, {failures} failed, {skipped} skipped")
         for name in failed[:20]:
             lines.append(f"  FAILED {name}")
-    for agreement in re.findall(r"\[ agreement \] (.*)", read(logs, "cuda_tests.log")):
+    elif test_log:  # no XML: the binary died (a crash, a timeout); its last words
+        lines.append("CUDA tests: no result file; the log ends with")
+        lines.extend(f"  | {line}" for line in test_log.splitlines()[-15:])
+    for agreement in re.findall(r"\[ agreement \] (.*)", test_log):
         lines.append(f"  agreement: {agreement}")
 
     sanitizer = read(logs, "sanitizer.log")
     summary = re.findall(r"ERROR SUMMARY: (\d+) error", sanitizer)
     if summary:
         lines.append(f"compute-sanitizer memcheck: {summary[-1]} errors")
-        for first in re.findall(r"========= (Invalid .*|Program hit .*)", sanitizer)[:5]:
-            lines.append(f"  {first}")
+        reports = re.findall(r"========= ((?:Invalid|Program hit|Out-of-range|Misaligned).*)\n=========\s+at (\S+)", sanitizer)
+        for what, where in reports[:5]:
+            lines.append(f"  {what} at {where}")
 
     rows = {}
     try:

@@ -1,6 +1,6 @@
 // CPU kernel of flora::full_moment_step_: the per-parameter operators in
 // sequence, so that the CPU keeps flora-opt's exact rounding. (The CUDA
-// kernel fuses the list into two launches.)
+// kernel fuses the list into three multi-tensor launches.)
 
 #include "kernels/checks.h"
 
