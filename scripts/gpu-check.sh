@@ -103,11 +103,13 @@ if [ "${FLORA_GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then
     || { status configure "FAIL (no torch in $PYTHON)"; finish 1; }
   # Only what the check runs: the CUDA tests and the GPU timer; no examples,
   # no precompiled header (a serial step before every compile), no ccache.
+  # CMAKE_POLICY_VERSION_MINIMUM lets CMake 4 configure GoogleTest's
+  # cmake_minimum_required(VERSION 3.5).
   run_stage configure 90 configure.log \
     cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
       -DFLORA_CUDA=ON -DTORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" -DFLORA_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" \
       -DFLORA_BUILD_TESTS=ON -DFLORA_BUILD_BENCHMARKS=ON -DFLORA_BUILD_EXAMPLES=OFF -DFLORA_CCACHE=OFF \
-      -DCMAKE_DISABLE_PRECOMPILE_HEADERS=ON \
+      -DCMAKE_DISABLE_PRECOMPILE_HEADERS=ON -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
     || { tail -30 "$LOGS/configure.log"; finish 1; }
   run_stage build 330 build.log \
     cmake --build "$BUILD" --target flora_cuda_tests flora_gpu_bench --parallel "$JOBS" \

@@ -10,8 +10,10 @@
 
 #include <flora/flora.h>
 
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cctype>
 #include <functional>
 #include <string>
 #include <utility>
