@@ -1,97 +1,115 @@
 // CUDA kernels of flora::quantize_blockwise_ and flora::dequantize_blockwise:
-// the same arithmetic as the CPU kernels (src/quantization_rule.h), so codes
-// agree bit for bit. One thread block per quantization block: a max
+// the same arithmetic as the CPU kernels (kernels/quantization_rule.h), so
+// codes agree bit for bit. One thread block per quantization block: a max
 // reduction (NaN never wins), then the code search in shared memory.
+//
+// The code map is a CPU tensor (see ops.h): its 256 values travel as a
+// launch argument and are staged in shared memory, so no device copy of the
+// map exists, nothing is copied from the host, and a CUDA graph captures the
+// values with the launch.
 
-#include "../src/kernel_checks.h"
-#include "../src/quantization_rule.h"
 #include "common.cuh"
+
+#include "kernels/checks.h"
+#include "kernels/contiguous.h"
+#include "kernels/quantization_rule.h"
 
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <cstring>
+#include <limits>
+
 namespace flora::cuda {
 namespace {
 
-__global__ void quantize_kernel(
-    const float* __restrict__ x, int64_t n, int64_t block_size, const float* __restrict__ code,
-    uint8_t* __restrict__ q, float* __restrict__ absmax) {
+struct CodeMap {
+  float value[256];
+};
+
+CodeMap code_map_of(const at::Tensor& code) {
+  CodeMap map;
+  const at::Tensor dense = code.contiguous();
+  std::memcpy(map.value, dense.data_ptr<float>(), sizeof(map.value));
+  return map;
+}
+
+__global__ void quantize_blockwise_kernel(
+    const float* __restrict__ x, int64_t n, int64_t block_size, const CodeMap code, uint8_t* __restrict__ q,
+    float* __restrict__ absmax) {
   __shared__ float map[256];
   __shared__ float scratch[kWarps];
-  __shared__ float block_max;
+  __shared__ float block_absmax;
+  // Indexed straight from the parameter (a constant-bank load): never through
+  // a reference or a lambda capture, which would make a per-thread copy.
   for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    map[i] = code[i];
+    map[i] = code.value[i];
   }
+  __syncthreads();
   const int64_t first = static_cast<int64_t>(blockIdx.x) * block_size;
   const int64_t last = first + block_size < n ? first + block_size : n;
   float m = 0.0f;
-  for (int64_t i = first + threadIdx.x; i < last; i += blockDim.x) {
-    m = fmaxf(m, fabsf(x[i])); // fmaxf returns the non-NaN operand
-  }
-  // Block max through the warps.
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    m = fmaxf(m, __shfl_down_sync(0xffffffffu, m, offset));
-  }
-  if ((threadIdx.x & 31) == 0) {
-    scratch[threadIdx.x >> 5] = m;
-  }
-  __syncthreads();
+  block_stride(first, last, [&](int64_t i) { m = fmaxf(m, fabsf(x[i])); });
+  m = block_max(m, scratch);
   if (threadIdx.x == 0) {
-    float total = 0.0f;
-    for (int w = 0; w < kWarps; ++w) {
-      total = fmaxf(total, scratch[w]);
-    }
-    block_max = total;
-    absmax[blockIdx.x] = total;
+    block_absmax = m;
+    absmax[blockIdx.x] = m;
   }
   __syncthreads();
-  const float total = block_max;
+  const float total = block_absmax;
   if (total == 0.0f) {
-    for (int64_t i = first + threadIdx.x; i < last; i += blockDim.x) {
-      q[i] = 0;
-    }
+    block_stride(first, last, [&](int64_t i) { q[i] = 0; });
     return;
   }
   const float inverse = __fdiv_rn(1.0f, total);
-  for (int64_t i = first + threadIdx.x; i < last; i += blockDim.x) {
-    q[i] = flora::detail::nearest_code(map, __fmul_rn(x[i], inverse));
-  }
+  block_stride(first, last, [&](int64_t i) { q[i] = flora::detail::nearest_code(map, __fmul_rn(x[i], inverse)); });
 }
 
-__global__ void dequantize_kernel(
-    const uint8_t* __restrict__ q, const float* __restrict__ absmax, const float* __restrict__ code, int64_t n,
-    int64_t block_size, float* __restrict__ out) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = __fmul_rn(code[q[i]], absmax[i / block_size]);
+__global__ void dequantize_blockwise_kernel(
+    const uint8_t* __restrict__ q, const float* __restrict__ absmax, const CodeMap code, int64_t n, int64_t block_size,
+    float* __restrict__ out) {
+  __shared__ float map[256];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) { // as in quantize_blockwise_kernel
+    map[i] = code.value[i];
   }
+  __syncthreads();
+  grid_stride(n, [&](int64_t i) { out[i] = __fmul_rn(map[q[i]], absmax[i / block_size]); });
 }
 
 void quantize_blockwise_cuda(
-    const at::Tensor& x_in, at::Tensor& codes, at::Tensor& absmax, const at::Tensor& code, int64_t block_size) {
-  const int64_t blocks = detail::check_quantize_args(x_in, codes, absmax, code, block_size);
+    const at::Tensor& x_in, at::Tensor& codes_out, at::Tensor& absmax_out, const at::Tensor& code,
+    int64_t block_size) {
+  const int64_t blocks = detail::check_quantize_blockwise_args(x_in, codes_out, absmax_out, code, block_size);
   const int64_t n = x_in.numel();
   if (n == 0) {
     return;
   }
+  TORCH_CHECK(
+      blocks <= std::numeric_limits<int32_t>::max(), "quantize_blockwise_: x has ", blocks,
+      " blocks of block_size ", block_size, ", more than the grid allows");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  quantize_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<float>(), n, block_size, code.data_ptr<float>(), codes.data_ptr<uint8_t>(), absmax.data_ptr<float>());
+  const detail::ContiguousWorkingCopy codes(codes_out);
+  const detail::ContiguousWorkingCopy absmax(absmax_out);
+  quantize_blockwise_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      x.data_ptr<float>(), n, block_size, code_map_of(code), codes.get().data_ptr<uint8_t>(),
+      absmax.get().data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  codes.write_back();
+  absmax.write_back();
 }
 
 at::Tensor dequantize_blockwise_cuda(
     const at::Tensor& codes_in, const at::Tensor& absmax_in, const at::Tensor& code, int64_t block_size) {
-  detail::check_dequantize_args(codes_in, absmax_in, code, block_size);
+  detail::check_dequantize_blockwise_args(codes_in, absmax_in, code, block_size);
   const int64_t n = codes_in.numel();
   const c10::cuda::CUDAGuard guard(codes_in.device());
   const at::Tensor codes = codes_in.contiguous();
   const at::Tensor absmax = absmax_in.contiguous();
   at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
   if (n > 0) {
-    dequantize_kernel<<<elementwise_grid(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        codes.data_ptr<uint8_t>(), absmax.data_ptr<float>(), code.data_ptr<float>(), n, block_size,
+    dequantize_blockwise_kernel<<<elementwise_grid(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        codes.data_ptr<uint8_t>(), absmax.data_ptr<float>(), code_map_of(code), n, block_size,
         out.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -31,7 +31,9 @@
 // step_math.h. Quantized moments are uint8 codes with one float32 absmax
 // per `block_size` elements and `code_map` the 256-entry dynamic map.
 
-#include "step_math.h"
+#include "kernels/step_math.h"
+
+#include <flora/export.h>
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
@@ -41,12 +43,12 @@
 
 namespace flora::ops {
 
-std::vector<double> hyper_list(const detail::StepHyper& h);
-detail::StepHyper hyper_from(c10::ArrayRef<double> list);
+FLORA_API std::vector<double> hyper_list(const detail::StepHyper& h);
+FLORA_API detail::StepHyper hyper_from(c10::ArrayRef<double> list);
 
-void gradient_sums_(at::TensorList params, at::TensorList grads, bool factored, at::Tensor& flags, at::Tensor& sums);
+FLORA_API void gradient_sums_(at::TensorList params, at::TensorList grads, bool factored, at::Tensor& flags, at::Tensor& sums);
 
-void factored_step_(
+FLORA_API void factored_step_(
     at::TensorList params,
     at::TensorList grads,
     at::TensorList exp_avg_sq_rows,
@@ -62,7 +64,7 @@ void factored_step_(
     int64_t block_size,
     const std::optional<at::Tensor>& code_map);
 
-void full_step_(
+FLORA_API void full_step_(
     at::TensorList params,
     at::TensorList grads,
     at::TensorList exp_avg_sqs,
@@ -80,7 +82,7 @@ void full_step_(
 
 /// out[i] = (r c) g_i with r = rsqrt(row / mean(row)), c = rsqrt(col) after
 /// the rows' and columns' EMAs are updated; out is (G, rows, cols) float32.
-void factored_normalize_(
+FLORA_API void factored_normalize_(
     at::TensorList grads,
     at::TensorList exp_avg_sq_rows,
     at::TensorList exp_avg_sq_cols,
@@ -92,7 +94,7 @@ void factored_normalize_(
     at::Tensor& out);
 
 /// Writes params[i] from the update updates[i] ((G, rows, cols) float32).
-void apply_updates_(
+FLORA_API void apply_updates_(
     at::TensorList params,
     const at::Tensor& updates,
     at::TensorList rms,
@@ -109,7 +111,7 @@ enum class SeedSide : int64_t { direct = 0, left = 1, right = 2 };
 /// out[g] (G, rows, cols) = scale * N(0, 1) of the Philox stream of
 /// seeds[g] (or of counters[g][counter_slot] when counters are given),
 /// after `side`'s split.
-void philox_normal_batch_(
+FLORA_API void philox_normal_batch_(
     at::Tensor& out,
     c10::ArrayRef<int64_t> seeds,
     at::TensorList counters,
@@ -118,14 +120,14 @@ void philox_normal_batch_(
     double scale);
 
 /// out (G, ...) float32 = the moments (float32, or uint8 codes dequantized).
-void gather_moments_(
+FLORA_API void gather_moments_(
     at::TensorList moments,
     at::TensorList absmaxes,
     int64_t block_size,
     const std::optional<at::Tensor>& code_map,
     at::Tensor& out);
 /// The moments = src[i] (quantized when they are uint8 codes).
-void scatter_moments_(
+FLORA_API void scatter_moments_(
     const at::Tensor& src,
     at::TensorList moments,
     at::TensorList absmaxes,
@@ -134,9 +136,9 @@ void scatter_moments_(
 
 /// Capturable steps: step += 1; previous seed = seed; on every kappa-th step
 /// seed = next_seed(seed) (philox).
-void advance_counters_(at::TensorList counters, int64_t kappa);
+FLORA_API void advance_counters_(at::TensorList counters, int64_t kappa);
 /// transforms[g] ((G, r, r)) becomes the identity unless parameter g
 /// resampled in this step (its step count a multiple of kappa).
-void keep_unless_resampled_(at::Tensor& transforms, at::TensorList counters, int64_t kappa);
+FLORA_API void keep_unless_resampled_(at::Tensor& transforms, at::TensorList counters, int64_t kappa);
 
 } // namespace flora::ops

@@ -32,8 +32,8 @@
 #include "fused_ops.h"
 #include "param_state.h"
 #include "step.h"
-#include "step_math.h"
-#include "sums_layout.h"
+#include "kernels/step_math.h"
+#include "kernels/sums_layout.h"
 
 #include <flora/layout.h>
 #include <flora/projection.h>
@@ -165,7 +165,7 @@ std::optional<torch::Tensor> code_map_for(const Group& g) {
   if (!g.options->quantization()) {
     return std::nullopt;
   }
-  return dynamic_code_map(g.members.front()->param.device());
+  return dynamic_code_map(); // read on the host on every device (kernels/checks.h)
 }
 
 // Phase 1 for every group; then the finite check. Throws before anything

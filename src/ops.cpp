@@ -110,4 +110,23 @@ std::vector<torch::Tensor> full_moment_step_(
   return rms;
 }
 
+void quantize_blockwise_(
+    const torch::Tensor& x, torch::Tensor& codes, torch::Tensor& absmax, const torch::Tensor& code,
+    int64_t block_size) {
+  static const auto handle =
+      op<void(const torch::Tensor&, torch::Tensor&, torch::Tensor&, const torch::Tensor&, int64_t)>(
+          "flora::quantize_blockwise_");
+  handle.call(x, codes, absmax, code, block_size);
+  bump(codes);
+  bump(absmax);
+}
+
+torch::Tensor dequantize_blockwise(
+    const torch::Tensor& codes, const torch::Tensor& absmax, const torch::Tensor& code, int64_t block_size) {
+  static const auto handle =
+      op<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t)>(
+          "flora::dequantize_blockwise");
+  return handle.call(codes, absmax, code, block_size);
+}
+
 } // namespace flora::ops

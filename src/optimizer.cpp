@@ -2,6 +2,7 @@
 // changed (the arithmetic is in update.cpp, checkpoints in
 // optimizer_checkpoint.cpp).
 
+#include "kernels/dtypes.h"
 #include "param_state.h"
 #include "step.h"
 
@@ -26,8 +27,8 @@ void check_gradient(const torch::Tensor& param, const torch::Tensor& grad, const
       "Flora: ", who, " or its gradient is complex (", param.scalar_type(), "); Flora supports real parameters only");
   const auto dtype = param.scalar_type();
   TORCH_CHECK(
-      dtype == torch::kFloat || dtype == torch::kHalf || dtype == torch::kBFloat16,
-      "Flora: ", who, " has dtype ", dtype, "; Flora supports float32, float16 and bfloat16 parameters");
+      detail::is_parameter_dtype(dtype), "Flora: ", who, " has dtype ", dtype, "; Flora supports ",
+      detail::parameter_dtype_names(), " parameters");
   TORCH_CHECK(
       grad.sizes() == param.sizes(),
       "Flora: the gradient of ", who, " has shape ", grad.sizes(), ", different from the parameter's");

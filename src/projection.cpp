@@ -2,7 +2,7 @@
 #include <flora/ops.h>
 #include <flora/projection.h>
 
-#include "philox.h"
+#include "kernels/philox.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>

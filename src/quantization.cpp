@@ -1,10 +1,7 @@
+#include <flora/ops.h>
 #include <flora/quantization.h>
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
-
-#include <map>
-#include <mutex>
 
 namespace flora {
 namespace {
@@ -25,24 +22,23 @@ torch::Tensor build_dynamic_code_map() {
   return code;
 }
 
+// The map the kernels read: built once (thread-safe static), never written
+// again, and on the CPU for every device (see ops::quantize_blockwise_).
+const torch::Tensor& code_map() {
+  static const torch::Tensor map = build_dynamic_code_map();
+  return map;
+}
+
 } // namespace
 
 torch::Tensor dynamic_code_map(const torch::Device& device) {
-  static std::mutex mutex;
-  static std::map<std::string, torch::Tensor> maps;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto& cpu = maps["cpu"];
-  if (!cpu.defined()) {
-    cpu = build_dynamic_code_map();
-  }
-  if (device.is_cpu()) {
-    return cpu;
-  }
-  auto& on_device = maps[device.str()];
-  if (!on_device.defined()) {
-    on_device = cpu.to(device);
-  }
-  return on_device;
+  // Made on the device by the dequantize kernel (code[i] * 1 == code[i]
+  // exactly) on the current stream: no host copy, so this works inside a
+  // CUDA-graph capture too. The CPU takes the same path.
+  const auto on_device = torch::TensorOptions().device(device);
+  const auto indices = torch::arange(256, on_device.dtype(torch::kUInt8));
+  const auto ones = torch::ones({1}, on_device.dtype(torch::kFloat));
+  return ops::dequantize_blockwise(indices, ones, code_map(), 256);
 }
 
 int64_t quantization_blocks(int64_t numel, int64_t block_size) {
@@ -59,19 +55,11 @@ QuantizedTensor quantize_blockwise(const torch::Tensor& x, int64_t block_size) {
 }
 
 void quantize_blockwise_into(const torch::Tensor& x, QuantizedTensor& out, int64_t block_size) {
-  static const auto handle =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("flora::quantize_blockwise_", "")
-          .typed<void(const torch::Tensor&, torch::Tensor&, torch::Tensor&, const torch::Tensor&, int64_t)>();
-  handle.call(x, out.codes, out.absmax, dynamic_code_map(x.device()), block_size);
+  ops::quantize_blockwise_(x, out.codes, out.absmax, code_map(), block_size);
 }
 
 torch::Tensor dequantize_blockwise(const QuantizedTensor& q, int64_t block_size) {
-  static const auto handle =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("flora::dequantize_blockwise", "")
-          .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t)>();
-  return handle.call(q.codes, q.absmax, dynamic_code_map(q.codes.device()), block_size);
+  return ops::dequantize_blockwise(q.codes, q.absmax, code_map(), block_size);
 }
 
 } // namespace flora

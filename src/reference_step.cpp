@@ -173,7 +173,7 @@ void update_factored(
 void reference_step(StateMap& states, std::vector<PendingUpdate>& pending) {
   // Parameters on the full-second-moment path (biases, norms, embeddings
   // when not factored, higher-rank tensors) are updated together, one call per
-  // (options, device, dtype): on CUDA that is two launches for all of them.
+  // (options, device, dtype): on CUDA that is three launches for all of them.
   std::vector<FullMomentBatch> batches;
   for (auto& p : pending) {
     auto& slot = states[p.param.unsafeGetTensorImpl()];

@@ -262,7 +262,7 @@ TEST(Flora, ComplexAndDoubleParametersAreRejected) {
   auto d = torch::randn({3, 3}, torch::kDouble).requires_grad_(true);
   d.mutable_grad() = torch::ones_like(d);
   Flora opt_d({d}, FloraOptions(1e-2));
-  expect_error([&] { opt_d.step(); }, "has dtype Double; Flora supports float32, float16 and bfloat16 parameters");
+  expect_error([&] { opt_d.step(); }, "has dtype Double; Flora supports Float, Half, BFloat16 parameters");
 }
 
 TEST(Flora, NonFiniteGradientsPropagateWhenTheCheckIsOff) {

@@ -19,7 +19,8 @@
 
 namespace flora::testing {
 
-/// The 13 configurations of the fixture set.
+/// The 16 configurations of the fixture set: 13 with float32 states and 3
+/// with 8-bit states (named "quantized_*").
 inline const std::vector<std::string>& parity_fixture_names() {
   static const std::vector<std::string> names = {
       "factored_no_momentum", "full_second_moment", "momentum_uncompressed", "compressed",

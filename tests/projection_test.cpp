@@ -3,7 +3,7 @@
 
 #include "test_util.h"
 
-#include "philox.h"
+#include "kernels/philox.h"
 
 #include <flora/flora.h>
 
@@ -79,7 +79,7 @@ TEST(Philox, NormalOpScalesCastsAndFillsStridedTensors) {
   auto scaled = torch::empty({6, 7});
   flora::ops::philox_normal_(scaled, 5, 0.25);
   EXPECT_TRUE(torch::allclose(scaled, reference * 0.25, 0, 1e-7));
-  for (auto dtype : {torch::kHalf, torch::kBFloat16, torch::kDouble}) {
+  for (auto dtype : {torch::kHalf, torch::kBFloat16}) {
     auto typed = torch::empty({6, 7}, dtype);
     flora::ops::philox_normal_(typed, 5, 1.0);
     EXPECT_TRUE(torch::equal(typed, reference.to(dtype))) << dtype;
@@ -91,11 +91,14 @@ TEST(Philox, NormalOpScalesCastsAndFillsStridedTensors) {
 
 TEST(Philox, BadOutputsAreRejected) {
   auto three_d = torch::empty({2, 3, 4});
-  flora::testing::expect_error([&] { flora::ops::philox_normal_(three_d, 1, 1.0); }, "expected a 2-d tensor, got 3");
+  flora::testing::expect_error([&] { flora::ops::philox_normal_(three_d, 1, 1.0); }, "self must be 2-d, got shape [2, 3, 4]");
   auto ints = torch::empty({2, 3}, torch::kInt);
-  flora::testing::expect_error([&] { flora::ops::philox_normal_(ints, 1, 1.0); }, "expected a floating tensor");
+  flora::testing::expect_error(
+      [&] { flora::ops::philox_normal_(ints, 1, 1.0); }, "self has dtype Int, expected one of Float, Half, BFloat16");
+  auto doubles = torch::empty({2, 3}, torch::kDouble);
+  flora::testing::expect_error([&] { flora::ops::philox_normal_(doubles, 1, 1.0); }, "self has dtype Double");
   auto floats = torch::empty({2, 3});
-  flora::testing::expect_error([&] { flora::ops::philox_bits_(floats, 1); }, "expected an int32 tensor");
+  flora::testing::expect_error([&] { flora::ops::philox_bits_(floats, 1); }, "self has dtype Float, expected Int");
 }
 
 TEST(Philox, StandardNormalStatistics) {

@@ -127,9 +127,9 @@ TEST(Quantization, BadInputIsRejected) {
   flora::testing::expect_error([] { flora::quantize_blockwise(torch::ones({4}), 0); }, "block size must be positive, got 0");
   QuantizedTensor wrong{torch::zeros({4}, torch::kUInt8), torch::zeros({2})};
   flora::testing::expect_error(
-      [&] { flora::quantize_blockwise_into(torch::ones({4}), wrong, 4096); }, "absmax must be a contiguous float32 tensor of 1 elements");
+      [&] { flora::quantize_blockwise_into(torch::ones({4}), wrong, 4096); }, "quantize_blockwise_: absmax has 2 elements, expected 1");
   flora::testing::expect_error(
-      [&] { flora::dequantize_blockwise(QuantizedTensor{torch::zeros({4}), torch::zeros({1})}, 4096); }, "codes must be uint8");
+      [&] { flora::dequantize_blockwise(QuantizedTensor{torch::zeros({4}), torch::zeros({1})}, 4096); }, "dequantize_blockwise: codes has dtype Float, expected Byte");
 }
 
 // ---- the optimizer with 8-bit states --------------------------------------

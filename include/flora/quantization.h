@@ -28,7 +28,11 @@
 
 namespace flora {
 
-/// The 256-entry code map (float32) on `device`, cached.
+/// A copy of the 256-entry code map (float32) on `device`. The kernels need
+/// no device copy (they read the map on the host, see
+/// flora::ops::quantize_blockwise_); on a GPU the copy is written by a kernel
+/// on the current stream, never copied from the host, so this may be called
+/// inside a CUDA-graph capture.
 FLORA_API torch::Tensor dynamic_code_map(const torch::Device& device = torch::kCPU);
 
 struct QuantizedTensor {

@@ -3,7 +3,10 @@
 // ATen operations is flora-opt 0.0.3's, including where it switches between
 // a tensor-valued and a float-valued step size, so that results agree with it
 // to the last bit. Reading 0-d CPU tensors here costs nothing: there is no
-// device to wait for.
+// device to wait for. `update` ends holding the step that was subtracted, as
+// ops.h promises (the CUDA kernel writes it too).
+
+#include "kernels/checks.h"
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -20,10 +23,7 @@ at::Tensor rms(const at::Tensor& t) {
 at::Tensor apply_update_cpu(
     at::Tensor& param, at::Tensor& update, double lr, double eps2, bool scale_parameter,
     double clip_threshold, double weight_decay) {
-  TORCH_CHECK(
-      update.sizes() == param.sizes(), "apply_update_: update has shape ", update.sizes(),
-      ", the parameter ", param.sizes());
-  TORCH_CHECK(update.scalar_type() == at::kFloat, "apply_update_: update must be float32, got ", update.scalar_type());
+  detail::check_apply_update_args(param, update);
   const bool low_precision = param.scalar_type() != at::kFloat;
   at::Tensor p = low_precision ? param.to(at::kFloat) : param;
 

@@ -1,8 +1,8 @@
 // CPU kernel of flora::full_moment_step_: the per-parameter operators in
 // sequence, so that the CPU keeps flora-opt's exact rounding. (The CUDA
-// kernel fuses the list into two launches.)
+// kernel fuses the list into three multi-tensor launches.)
 
-#include "../kernel_checks.h"
+#include "kernels/checks.h"
 
 #include <flora/ops.h>
 
@@ -16,7 +16,7 @@ std::vector<at::Tensor> full_moment_step_cpu(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avg_sqs, at::TensorList exp_avgs,
     at::ArrayRef<double> beta2s, at::ArrayRef<double> lrs, double eps1, double eps2, double beta1,
     bool scale_parameter, double clip_threshold, double weight_decay) {
-  detail::check_full_moment_lists(params, grads, exp_avg_sqs, exp_avgs, beta2s, lrs);
+  detail::check_full_moment_step_args(params, grads, exp_avg_sqs, exp_avgs, beta2s, lrs);
   const size_t n = params.size();
   std::vector<at::Tensor> rms;
   rms.reserve(n);

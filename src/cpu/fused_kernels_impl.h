@@ -6,8 +6,8 @@
 // so the three copies never meet. Built with -ffp-contract=off: every
 // instruction set rounds the same multiply-then-add.
 
-#include "../philox.h"
-#include "../quantization_rule.h"
+#include "kernels/philox.h"
+#include "kernels/quantization_rule.h"
 #include "fused_kernels.h"
 
 #include <ATen/Parallel.h>

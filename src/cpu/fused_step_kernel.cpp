@@ -4,10 +4,10 @@
 // counters / lr tensors when a capturable step gives them (on the CPU that
 // memory is the host's).
 
-#include "../fused_checks.h"
-#include "../fused_ops.h"
-#include "../philox.h"
-#include "../step_math.h"
+#include "fused_ops.h"
+#include "kernels/fused_checks.h"
+#include "kernels/philox.h"
+#include "kernels/step_math.h"
 #include "fused_kernels.h"
 
 #include <ATen/ATen.h>
@@ -96,30 +96,14 @@ void factored_factors(
   }
 }
 
-void check_matrices(const char* op, at::TensorList params) {
-  for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK(params[i].dim() == 2, op, ": params[", i, "] must be 2-d, got shape ", params[i].sizes());
-  }
-}
-
 // ---------------------------------------------------------------- operators
 
 void gradient_sums_cpu(at::TensorList params, at::TensorList grads, bool factored, at::Tensor& flags, at::Tensor& sums) {
-  constexpr const char* op = "gradient_sums_";
-  detail::check_params_and_grads(op, params, grads);
-  if (factored) {
-    check_matrices(op, params);
-  }
+  detail::check_gradient_sums_args(params, grads, factored, flags, sums);
   const auto layout = SumsLayout::of(params, factored);
   if (params.empty()) {
     return;
   }
-  const auto device = params[0].device();
-  detail::check_sums(op, sums, layout, device);
-  TORCH_CHECK(
-      flags.scalar_type() == at::kFloat && flags.numel() == static_cast<int64_t>(params.size()) &&
-          flags.is_contiguous() && flags.device() == device,
-      op, ": flags must be a contiguous float32 tensor of ", params.size(), " elements on ", device);
   float* s = sums.data_ptr<float>();
   float* f = flags.data_ptr<float>();
   const auto& k = kernels();
@@ -154,25 +138,14 @@ void factored_step_cpu(
     at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums, c10::ArrayRef<int64_t> steps,
     at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper, int64_t block_size,
     OptTensor code_map) {
-  constexpr const char* op = "factored_step_";
-  detail::check_params_and_grads(op, params, grads);
-  check_matrices(op, params);
+  detail::check_factored_step_args(
+      params, grads, rows, cols, exp_avgs, exp_avg_absmaxs, rms, sums, steps, counters, lr_tensor, hyper, block_size,
+      code_map);
   if (params.empty()) {
     return;
   }
   const auto h = ops::hyper_from(hyper);
   const auto layout = SumsLayout::of(params, true);
-  detail::check_state_list(op, "exp_avg_sq_rows", rows, params, at::kFloat, [&](size_t i) { return params[i].size(0); });
-  detail::check_state_list(op, "exp_avg_sq_cols", cols, params, at::kFloat, [&](size_t i) { return params[i].size(1); });
-  detail::check_moments(op, "exp_avgs", exp_avgs, exp_avg_absmaxs, params, block_size, code_map, [&](size_t i) {
-    return params[i].numel();
-  });
-  TORCH_CHECK(exp_avgs.empty() == (h.beta1 == 0.0), op, ": exp_avgs must be given exactly when beta1 > 0");
-  detail::check_state_list(op, "rms", rms, params, at::kFloat, [](size_t) { return int64_t{1}; });
-  detail::check_counters(op, counters, params);
-  detail::check_steps(op, steps, counters, params.size());
-  detail::check_sums(op, sums, layout, params[0].device());
-  detail::check_lr_tensor(op, lr_tensor, params[0].device());
 
   const auto step_of = resolve_steps(steps, counters, params.size());
   const double lr = resolve_lr(lr_tensor, h);
@@ -200,23 +173,14 @@ void full_step_cpu(
     at::TensorList exp_avgs, at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums,
     c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper,
     int64_t block_size, OptTensor code_map) {
-  constexpr const char* op = "full_step_";
-  detail::check_params_and_grads(op, params, grads);
+  detail::check_full_step_args(
+      params, grads, exp_avg_sqs, exp_avg_sq_absmaxs, exp_avgs, exp_avg_absmaxs, rms, sums, steps, counters,
+      lr_tensor, hyper, block_size, code_map);
   if (params.empty()) {
     return;
   }
   const auto h = ops::hyper_from(hyper);
   const auto layout = SumsLayout::of(params, false);
-  const auto numel = [&](size_t i) { return params[i].numel(); };
-  TORCH_CHECK(!exp_avg_sqs.empty(), op, ": exp_avg_sqs are required");
-  detail::check_moments(op, "exp_avg_sqs", exp_avg_sqs, exp_avg_sq_absmaxs, params, block_size, code_map, numel);
-  detail::check_moments(op, "exp_avgs", exp_avgs, exp_avg_absmaxs, params, block_size, code_map, numel);
-  TORCH_CHECK(exp_avgs.empty() == (h.beta1 == 0.0), op, ": exp_avgs must be given exactly when beta1 > 0");
-  detail::check_state_list(op, "rms", rms, params, at::kFloat, [](size_t) { return int64_t{1}; });
-  detail::check_counters(op, counters, params);
-  detail::check_steps(op, steps, counters, params.size());
-  detail::check_sums(op, sums, layout, params[0].device());
-  detail::check_lr_tensor(op, lr_tensor, params[0].device());
 
   const auto step_of = resolve_steps(steps, counters, params.size());
   const double lr = resolve_lr(lr_tensor, h);
@@ -240,24 +204,12 @@ void full_step_cpu(
 void factored_normalize_cpu(
     at::TensorList grads, at::TensorList rows, at::TensorList cols, at::Tensor& sums, c10::ArrayRef<int64_t> steps,
     at::TensorList counters, double eps1, double decay_rate, at::Tensor& out) {
-  constexpr const char* op = "factored_normalize_";
-  // The gradients stand in for the parameters: only their shapes matter.
-  detail::check_params_and_grads(op, grads, grads);
-  check_matrices(op, grads);
+  detail::check_factored_normalize_args(grads, rows, cols, sums, steps, counters, out);
   if (grads.empty()) {
     return;
   }
   const auto layout = SumsLayout::of(grads, true);
   const int64_t m = grads[0].size(0), n = grads[0].size(1);
-  for (size_t i = 0; i < grads.size(); ++i) {
-    TORCH_CHECK(grads[i].sizes() == grads[0].sizes(), op, ": grads[", i, "] is ", grads[i].sizes(), ", grads[0] ", grads[0].sizes());
-  }
-  detail::check_state_list(op, "exp_avg_sq_rows", rows, grads, at::kFloat, [&](size_t) { return m; });
-  detail::check_state_list(op, "exp_avg_sq_cols", cols, grads, at::kFloat, [&](size_t) { return n; });
-  detail::check_counters(op, counters, grads);
-  detail::check_steps(op, steps, counters, grads.size());
-  detail::check_sums(op, sums, layout, grads[0].device());
-  detail::check_batch(op, "out", out, static_cast<int64_t>(grads.size()), m, n, grads[0].device());
 
   const auto step_of = resolve_steps(steps, counters, grads.size());
   float* s = sums.data_ptr<float>();
@@ -274,24 +226,13 @@ void factored_normalize_cpu(
 void apply_updates_cpu(
     at::TensorList params, const at::Tensor& updates, at::TensorList rms, at::Tensor& sums,
     c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper) {
-  constexpr const char* op = "apply_updates_";
-  detail::check_params_and_grads(op, params, params);
-  check_matrices(op, params);
+  detail::check_apply_updates_args(params, updates, rms, sums, steps, counters, lr_tensor, hyper);
   if (params.empty()) {
     return;
   }
   const auto h = ops::hyper_from(hyper);
   const auto layout = SumsLayout::of(params, true);
   const int64_t m = params[0].size(0), n = params[0].size(1);
-  for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK(params[i].sizes() == params[0].sizes(), op, ": params[", i, "] is ", params[i].sizes(), ", params[0] ", params[0].sizes());
-  }
-  detail::check_batch(op, "updates", updates, static_cast<int64_t>(params.size()), m, n, params[0].device());
-  detail::check_state_list(op, "rms", rms, params, at::kFloat, [](size_t) { return int64_t{1}; });
-  detail::check_counters(op, counters, params);
-  detail::check_steps(op, steps, counters, params.size());
-  detail::check_sums(op, sums, layout, params[0].device());
-  detail::check_lr_tensor(op, lr_tensor, params[0].device());
 
   const auto step_of = resolve_steps(steps, counters, params.size());
   const double lr = resolve_lr(lr_tensor, h);
@@ -324,24 +265,8 @@ uint64_t projection_seed(int64_t seed, ops::SeedSide side) {
 void philox_normal_batch_cpu(
     at::Tensor& out, c10::ArrayRef<int64_t> seeds, at::TensorList counters, int64_t counter_slot, int64_t side,
     double scale) {
-  constexpr const char* op = "philox_normal_batch_";
-  TORCH_CHECK(
-      out.dim() == 3 && out.scalar_type() == at::kFloat && out.is_contiguous(), op,
-      ": out must be a contiguous float32 [G, rows, cols], got ", out.scalar_type(), " ", out.sizes());
-  TORCH_CHECK(side >= 0 && side <= 2, op, ": side must be 0 (direct), 1 (left) or 2 (right), got ", side);
+  detail::check_philox_normal_batch_args(out, seeds, counters, counter_slot, side);
   const int64_t count = out.size(0);
-  if (counters.empty()) {
-    TORCH_CHECK(static_cast<int64_t>(seeds.size()) == count, op, ": ", seeds.size(), " seeds for ", count, " matrices");
-  } else {
-    TORCH_CHECK(static_cast<int64_t>(counters.size()) == count, op, ": ", counters.size(), " counters for ", count, " matrices");
-    TORCH_CHECK(counter_slot == 1 || counter_slot == 2, op, ": counter_slot must be 1 (seed) or 2 (previous seed), got ", counter_slot);
-    for (size_t i = 0; i < counters.size(); ++i) {
-      TORCH_CHECK(
-          counters[i].scalar_type() == at::kLong && counters[i].numel() == 3 && counters[i].is_contiguous() &&
-              counters[i].device() == out.device(),
-          op, ": counters[", i, "] must be a contiguous int64 tensor of 3 elements on ", out.device());
-    }
-  }
   const int64_t rows = out.size(1), cols = out.size(2);
   float* o = out.data_ptr<float>();
   const auto& k = kernels();
@@ -355,16 +280,11 @@ void philox_normal_batch_cpu(
 
 void gather_moments_cpu(
     at::TensorList moments, at::TensorList absmaxes, int64_t block_size, OptTensor code_map, at::Tensor& out) {
-  constexpr const char* op = "gather_moments_";
+  const bool quantized = detail::check_gather_moments_args(moments, absmaxes, block_size, code_map, out);
   if (moments.empty()) {
     return;
   }
   const int64_t each = moments[0].numel();
-  TORCH_CHECK(
-      out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == each * static_cast<int64_t>(moments.size()) &&
-          out.device() == moments[0].device(),
-      op, ": out must be a contiguous float32 tensor of ", moments.size(), " x ", each, " elements on ", moments[0].device());
-  const bool quantized = detail::check_moments(op, "moments", moments, absmaxes, moments, block_size, code_map, [&](size_t) { return each; });
   float* o = out.data_ptr<float>();
   const auto& k = kernels();
   for (size_t i = 0; i < moments.size(); ++i) {
@@ -379,16 +299,11 @@ void gather_moments_cpu(
 
 void scatter_moments_cpu(
     const at::Tensor& src, at::TensorList moments, at::TensorList absmaxes, int64_t block_size, OptTensor code_map) {
-  constexpr const char* op = "scatter_moments_";
+  const bool quantized = detail::check_scatter_moments_args(src, moments, absmaxes, block_size, code_map);
   if (moments.empty()) {
     return;
   }
   const int64_t each = moments[0].numel();
-  TORCH_CHECK(
-      src.scalar_type() == at::kFloat && src.is_contiguous() && src.numel() == each * static_cast<int64_t>(moments.size()) &&
-          src.device() == moments[0].device(),
-      op, ": src must be a contiguous float32 tensor of ", moments.size(), " x ", each, " elements on ", moments[0].device());
-  const bool quantized = detail::check_moments(op, "moments", moments, absmaxes, moments, block_size, code_map, [&](size_t) { return each; });
   const float* s = src.data_ptr<float>();
   const auto& k = kernels();
   for (size_t i = 0; i < moments.size(); ++i) {
@@ -402,11 +317,8 @@ void scatter_moments_cpu(
 }
 
 void advance_counters_cpu(at::TensorList counters, int64_t kappa) {
-  TORCH_CHECK(kappa > 0, "advance_counters_: kappa must be positive, got ", kappa);
+  detail::check_advance_counters_args(counters, kappa);
   for (size_t i = 0; i < counters.size(); ++i) {
-    TORCH_CHECK(
-        counters[i].scalar_type() == at::kLong && counters[i].numel() == 3 && counters[i].is_contiguous(),
-        "advance_counters_: counters[", i, "] must be a contiguous int64 tensor of 3 elements");
     int64_t* c = counters[i].data_ptr<int64_t>();
     c[0] += 1;
     c[2] = c[1];
@@ -417,18 +329,10 @@ void advance_counters_cpu(at::TensorList counters, int64_t kappa) {
 }
 
 void keep_unless_resampled_cpu(at::Tensor& transforms, at::TensorList counters, int64_t kappa) {
-  constexpr const char* op = "keep_unless_resampled_";
-  TORCH_CHECK(kappa > 0, op, ": kappa must be positive, got ", kappa);
-  TORCH_CHECK(
-      transforms.dim() == 3 && transforms.size(1) == transforms.size(2) && transforms.scalar_type() == at::kFloat &&
-          transforms.is_contiguous() && transforms.size(0) == static_cast<int64_t>(counters.size()),
-      op, ": transforms must be a contiguous float32 [", counters.size(), ", r, r], got ", transforms.sizes());
+  detail::check_keep_unless_resampled_args(transforms, counters, kappa);
   const int64_t r = transforms.size(1);
   float* t = transforms.data_ptr<float>();
   for (size_t g = 0; g < counters.size(); ++g) {
-    TORCH_CHECK(
-        counters[g].scalar_type() == at::kLong && counters[g].numel() == 3 && counters[g].is_contiguous(), op,
-        ": counters[", g, "] must be a contiguous int64 tensor of 3 elements");
     if (counters[g].data_ptr<int64_t>()[0] % kappa != 0) {
       float* m = t + static_cast<int64_t>(g) * r * r;
       std::fill(m, m + r * r, 0.0f);

@@ -1,9 +1,12 @@
 // CPU kernels of flora::philox_normal_ and flora::philox_bits_: the same
-// Philox stream and Box-Muller transform as the CUDA kernels (src/philox.h).
+// Philox stream and Box-Muller transform as the CUDA kernels
+// (kernels/philox.h).
 
-#include "../philox.h"
+#include "kernels/checks.h"
+#include "kernels/contiguous.h"
+#include "kernels/dtypes.h"
+#include "kernels/philox.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -11,12 +14,8 @@
 namespace flora::cpu {
 namespace {
 
-void check_matrix(const at::Tensor& out, const char* op) {
-  TORCH_CHECK(out.dim() == 2, op, ": expected a 2-d tensor, got ", out.dim(), " dimensions");
-}
-
-// Fills a contiguous (rows, cols) buffer block by block; `write(ptr, lane
-// values, count)` stores the first `count` lanes of one 4-wide block.
+// Calls fill(row, block, first element, lanes in the block) for every 4-wide
+// block of a contiguous (rows, cols) buffer, in parallel.
 template <typename Fill>
 void for_each_block(int64_t rows, int64_t cols, const Fill& fill) {
   const int64_t blocks = (cols + 3) / 4;
@@ -31,16 +30,13 @@ void for_each_block(int64_t rows, int64_t cols, const Fill& fill) {
 }
 
 at::Tensor& philox_normal_cpu(at::Tensor& out, int64_t seed, double scale) {
-  check_matrix(out, "philox_normal_");
-  TORCH_CHECK(
-      at::isFloatingType(out.scalar_type()),
-      "philox_normal_: expected a floating tensor, got ", out.scalar_type());
-  at::Tensor target = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
-  const int64_t rows = target.size(0);
-  const int64_t cols = target.size(1);
+  detail::check_philox_normal_args(out);
+  const detail::ContiguousWorkingCopy target(out);
+  const int64_t rows = out.size(0);
+  const int64_t cols = out.size(1);
   const float s = static_cast<float>(scale);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target.scalar_type(), "philox_normal_cpu", [&] {
-    scalar_t* data = target.data_ptr<scalar_t>();
+  FLORA_DISPATCH_PARAM_TYPES(out.scalar_type(), "philox_normal_cpu", [&] {
+    scalar_t* data = target.get().data_ptr<scalar_t>();
     for_each_block(rows, cols, [&](int64_t row, int64_t block, int64_t offset, int64_t count) {
       float n[4];
       detail::philox_normal4(static_cast<uint64_t>(seed), row, block, n);
@@ -49,29 +45,22 @@ at::Tensor& philox_normal_cpu(at::Tensor& out, int64_t seed, double scale) {
       }
     });
   });
-  if (!target.is_same(out)) {
-    out.copy_(target);
-  }
+  target.write_back();
   return out;
 }
 
 at::Tensor& philox_bits_cpu(at::Tensor& out, int64_t seed) {
-  check_matrix(out, "philox_bits_");
-  TORCH_CHECK(
-      out.scalar_type() == at::kInt,
-      "philox_bits_: expected an int32 tensor, got ", out.scalar_type());
-  at::Tensor target = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
-  int32_t* data = target.data_ptr<int32_t>();
-  for_each_block(target.size(0), target.size(1), [&](int64_t row, int64_t block, int64_t offset, int64_t count) {
+  detail::check_philox_bits_args(out);
+  const detail::ContiguousWorkingCopy target(out);
+  int32_t* data = target.get().data_ptr<int32_t>();
+  for_each_block(out.size(0), out.size(1), [&](int64_t row, int64_t block, int64_t offset, int64_t count) {
     const detail::PhiloxBlock d = detail::philox_draws(static_cast<uint64_t>(seed), row, block);
     const uint32_t lanes[4] = {d.x, d.y, d.z, d.w};
     for (int64_t lane = 0; lane < count; ++lane) {
       data[offset + lane] = static_cast<int32_t>(lanes[lane]);
     }
   });
-  if (!target.is_same(out)) {
-    out.copy_(target);
-  }
+  target.write_back();
   return out;
 }
 

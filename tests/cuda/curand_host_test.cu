@@ -1,4 +1,4 @@
-// Our Philox (src/philox.h) against cuRAND's own device-API code, compiled
+// Our Philox (src/kernels/philox.h) against cuRAND's own device-API code, compiled
 // here for the host: cuRAND's headers define every function with the
 // QUALIFIERS macro, and with it set to __host__ __device__ they run on the
 // CPU. This pins the CPU generator to cuRAND's stream without a GPU.
@@ -6,7 +6,7 @@
 #define QUALIFIERS static inline __host__ __device__
 #include <curand_kernel.h>
 
-#include "philox.h"
+#include "kernels/philox.h"
 
 #include <gtest/gtest.h>
 

@@ -35,23 +35,150 @@ double parameter_tolerance(torch::Dtype dtype) {
   }
 }
 
+const flora::FloraOptions& options_of(const flora::Flora& opt, const torch::Tensor& p) {
+  for (const auto& group : opt.param_groups()) {
+    for (const auto& member : group.params()) {
+      if (member.is_same(p)) {
+        return static_cast<const flora::FloraOptions&>(group.options());
+      }
+    }
+  }
+  throw std::runtime_error("not a parameter of the optimizer");
+}
+
+struct Agreement {
+  double worst_state = 0, worst_param = 0;
+  int64_t codes_compared = 0, code_flips = 0;
+};
+
+// 8-bit moments of the two devices: absmax to 1e-5 and dequantized values
+// within one code of each other. A value close to the midpoint between two
+// codes may round to the other one after last-bit differences of the float32
+// moment (CUDA's rsqrtf, cuBLAS vs the CPU's GEMMs, ~1e-7): a flip, counted.
+void expect_within_one_code(
+    const torch::Tensor& codes_gpu, const torch::Tensor& absmax_gpu, const torch::Tensor& codes_cpu,
+    const torch::Tensor& absmax_cpu, int64_t block, const std::string& where, Agreement& agreement) {
+  const int64_t n = codes_cpu.numel();
+  const auto map = flora::dynamic_code_map();
+  const auto cpu_index = codes_cpu.flatten().to(torch::kLong);
+  const auto here = map.index_select(0, cpu_index);
+  const auto below = map.index_select(0, (cpu_index - 1).clamp_min(0));
+  const auto above = map.index_select(0, (cpu_index + 1).clamp_max(255));
+  const auto gap = torch::maximum(here - below, above - here); // to the farther neighbour
+  const double absmax_error = relative_error(absmax_gpu, absmax_cpu);
+  agreement.worst_state = std::max(agreement.worst_state, absmax_error);
+  EXPECT_LT(absmax_error, 1e-5) << where << " absmax";
+  const auto scale = torch::maximum(absmax_gpu.cpu(), absmax_cpu).repeat_interleave(block).narrow(0, 0, n);
+  const auto deq_gpu = flora::dequantize_blockwise({codes_gpu, absmax_gpu}, block).cpu().flatten();
+  const auto deq_cpu = flora::dequantize_blockwise({codes_cpu, absmax_cpu}, block).flatten();
+  const auto excess = (deq_gpu - deq_cpu).abs() - (gap + 1e-5) * scale;
+  EXPECT_LE(excess.max().item<double>(), 0.0) << where << ": a dequantized value more than one code away";
+  agreement.codes_compared += n;
+  agreement.code_flips += codes_gpu.cpu().flatten().ne(codes_cpu.flatten()).sum().item<int64_t>();
+}
+
+// Parameters, host counters and every state tensor of the two optimizers.
+void expect_states_agree(
+    const flora::Flora& opt_gpu, const std::vector<torch::Tensor>& gpu, const flora::Flora& opt_cpu,
+    const std::vector<torch::Tensor>& cpu, const std::string& where_prefix, Agreement& agreement) {
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const std::string where = where_prefix + " param " + std::to_string(i);
+    ASSERT_TRUE(gpu[i].is_cuda());
+    const double param_error = relative_error(gpu[i], cpu[i]);
+    if (cpu[i].scalar_type() == torch::kFloat) {
+      agreement.worst_param = std::max(agreement.worst_param, param_error);
+    }
+    EXPECT_LT(param_error, parameter_tolerance(cpu[i].scalar_type())) << where;
+    const auto* sc = state_of(opt_cpu, cpu[i]);
+    const auto* sg = state_of(opt_gpu, gpu[i]);
+    ASSERT_EQ(sc == nullptr, sg == nullptr) << where;
+    if (sc == nullptr) {
+      continue;
+    }
+    EXPECT_EQ(sg->step(), sc->step()) << where;
+    EXPECT_EQ(sg->seed(), sc->seed()) << where;
+    const int64_t block = options_of(opt_cpu, cpu[i]).quantization_block_size();
+    struct Moment {
+      const char* name;
+      torch::Tensor gpu, cpu, gpu_absmax, cpu_absmax;
+    };
+    const Moment moments[] = {
+        {"rms", sg->rms(), sc->rms(), {}, {}},
+        {"exp_avg", sg->exp_avg(), sc->exp_avg(), sg->exp_avg_absmax(), sc->exp_avg_absmax()},
+        {"exp_avg_sq_row", sg->exp_avg_sq_row(), sc->exp_avg_sq_row(), {}, {}},
+        {"exp_avg_sq_col", sg->exp_avg_sq_col(), sc->exp_avg_sq_col(), {}, {}},
+        {"exp_avg_sq", sg->exp_avg_sq(), sc->exp_avg_sq(), sg->exp_avg_sq_absmax(), sc->exp_avg_sq_absmax()}};
+    for (const auto& m : moments) {
+      ASSERT_EQ(m.gpu.defined(), m.cpu.defined()) << where << " " << m.name;
+      ASSERT_EQ(m.gpu_absmax.defined(), m.cpu_absmax.defined()) << where << " " << m.name;
+      if (!m.cpu.defined()) {
+        continue;
+      }
+      EXPECT_TRUE(m.gpu.is_cuda()) << where << " " << m.name;
+      if (m.cpu_absmax.defined()) {
+        expect_within_one_code(m.gpu, m.gpu_absmax, m.cpu, m.cpu_absmax, block, where + " " + m.name, agreement);
+        continue;
+      }
+      const double error = relative_error(m.gpu, m.cpu);
+      agreement.worst_state = std::max(agreement.worst_state, error);
+      EXPECT_LT(error, 1e-5) << where << " " << m.name;
+    }
+  }
+}
+
+// Copies the CPU optimizer's parameters and state into the GPU optimizer's
+// tensors (in place), so that the next step starts from the same values.
+void copy_state(
+    flora::Flora& opt_gpu, const std::vector<torch::Tensor>& gpu, const flora::Flora& opt_cpu,
+    const std::vector<torch::Tensor>& cpu) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    gpu[i].copy_(cpu[i]);
+    const auto* sc = state_of(opt_cpu, cpu[i]);
+    if (sc == nullptr) {
+      continue;
+    }
+    auto& sg = static_cast<FloraParamState&>(*opt_gpu.state().at(gpu[i].unsafeGetTensorImpl()));
+    const std::pair<torch::Tensor, torch::Tensor> pairs[] = {
+        {sg.rms(), sc->rms()},
+        {sg.exp_avg(), sc->exp_avg()},
+        {sg.exp_avg_sq_row(), sc->exp_avg_sq_row()},
+        {sg.exp_avg_sq_col(), sc->exp_avg_sq_col()},
+        {sg.exp_avg_sq(), sc->exp_avg_sq()},
+        {sg.exp_avg_absmax(), sc->exp_avg_absmax()},
+        {sg.exp_avg_sq_absmax(), sc->exp_avg_sq_absmax()}};
+    for (auto [g, c] : pairs) {
+      if (c.defined()) {
+        g.copy_(c);
+      }
+    }
+  }
+}
+
 class CudaMatchesCpu : public ::testing::TestWithParam<std::tuple<std::string, ProjectionMode>> {
  public:
   static void TearDownTestSuite() {
-    if (worst_state_ >= 0) {
+    if (configurations_ > 0) {
       std::cout << "[ agreement ] Flora step CUDA vs CPU over " << configurations_
-                << " configurations x 12 steps: largest relative error of state " << worst_state_
-                << ", of float32 parameters " << worst_param_ << " (bound 1e-5)" << std::endl;
+                << " configurations: largest relative error of state " << agreement_.worst_state
+                << ", of float32 parameters " << agreement_.worst_param << " (bound 1e-5); 8-bit codes: "
+                << agreement_.code_flips << " of " << agreement_.codes_compared
+                << " differ by one code (bound: one code)" << std::endl;
     }
   }
-  static inline double worst_state_ = -1, worst_param_ = 0;
+  static inline Agreement agreement_;
   static inline int configurations_ = 0;
 };
 
+// float32 states: twelve steps on each device, then everything compared
+// (errors may accumulate over the steps). 8-bit states: compared after every
+// step and the GPU's state then set to the CPU's, since one flipped code
+// (expected now and then) changes all later steps by up to a code.
 TEST_P(CudaMatchesCpu, OverTheParityConfigurations) {
   FLORA_REQUIRE_CUDA();
   const auto& [name, mode] = GetParam();
   const auto fixture = ParityFixture::load(name);
+  const bool quantized = name.rfind("quantized_", 0) == 0;
   auto cpu = fixture.initial_params(torch::kCPU);
   auto gpu = fixture.initial_params(torch::kCUDA);
   auto opt_cpu = fixture.make_optimizer(cpu, mode);
@@ -61,40 +188,14 @@ TEST_P(CudaMatchesCpu, OverTheParityConfigurations) {
     fixture.set_grads(gpu, step);
     opt_cpu->step();
     opt_gpu->step();
+    if (quantized) {
+      expect_states_agree(*opt_gpu, gpu, *opt_cpu, cpu, name + " step " + std::to_string(step + 1), agreement_);
+      copy_state(*opt_gpu, gpu, *opt_cpu, cpu);
+    }
   }
   ++configurations_;
-  worst_state_ = std::max(worst_state_, 0.0);
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    const std::string where = name + " param " + std::to_string(i);
-    ASSERT_TRUE(gpu[i].is_cuda());
-    const double param_error = relative_error(gpu[i], cpu[i]);
-    if (cpu[i].scalar_type() == torch::kFloat) {
-      worst_param_ = std::max(worst_param_, param_error);
-    }
-    EXPECT_LT(param_error, parameter_tolerance(cpu[i].scalar_type())) << where;
-    const auto* sc = state_of(*opt_cpu, cpu[i]);
-    const auto* sg = state_of(*opt_gpu, gpu[i]);
-    ASSERT_EQ(sc == nullptr, sg == nullptr) << where;
-    if (sc == nullptr) {
-      continue;
-    }
-    EXPECT_EQ(sg->step(), sc->step()) << where;
-    EXPECT_EQ(sg->seed(), sc->seed()) << where;
-    const std::pair<torch::Tensor, torch::Tensor> pairs[] = {
-        {sg->rms(), sc->rms()},
-        {sg->exp_avg(), sc->exp_avg()},
-        {sg->exp_avg_sq_row(), sc->exp_avg_sq_row()},
-        {sg->exp_avg_sq_col(), sc->exp_avg_sq_col()},
-        {sg->exp_avg_sq(), sc->exp_avg_sq()}};
-    for (const auto& [g, c] : pairs) {
-      ASSERT_EQ(g.defined(), c.defined()) << where;
-      if (c.defined()) {
-        EXPECT_TRUE(g.is_cuda()) << where;
-        const double error = relative_error(g, c);
-        worst_state_ = std::max(worst_state_, error);
-        EXPECT_LT(error, 1e-5) << where;
-      }
-    }
+  if (!quantized) {
+    expect_states_agree(*opt_gpu, gpu, *opt_cpu, cpu, name, agreement_);
   }
 }
 
@@ -113,12 +214,19 @@ struct Snapshot {
   std::vector<FloraParamState> states;
 };
 
+// Pointers to the state tensors a step writes in place (rms is replaced by a
+// new tensor each step instead).
+std::vector<torch::Tensor*> written_in_place(FloraParamState& s) {
+  return {&s.exp_avg(), &s.exp_avg_sq_row(), &s.exp_avg_sq_col(), &s.exp_avg_sq(), &s.exp_avg_absmax(),
+          &s.exp_avg_sq_absmax()};
+}
+
 Snapshot snapshot(const flora::Flora& opt, const std::vector<torch::Tensor>& params) {
   Snapshot s;
   for (const auto& p : params) {
     s.params.push_back(p.detach().clone());
     FloraParamState copy = *state_of(opt, p);
-    for (auto* t : {&copy.exp_avg(), &copy.exp_avg_sq_row(), &copy.exp_avg_sq_col(), &copy.exp_avg_sq()}) {
+    for (auto* t : written_in_place(copy)) {
       if (t->defined()) {
         *t = t->clone();
       }
@@ -128,33 +236,46 @@ Snapshot snapshot(const flora::Flora& opt, const std::vector<torch::Tensor>& par
   return s;
 }
 
-// Writes a snapshot back into the same storage (a captured graph holds
-// pointers to it) and the same host step counters.
-void restore(flora::Flora& opt, const std::vector<torch::Tensor>& params, const Snapshot& s) {
+FloraParamState& live_state(flora::Flora& opt, const torch::Tensor& p) {
+  return static_cast<FloraParamState&>(*opt.state().at(p.unsafeGetTensorImpl()));
+}
+
+// Writes a snapshot's tensors back into the same storage (a captured graph
+// holds pointers to it); the host counters are left alone.
+void restore_tensors(flora::Flora& opt, const std::vector<torch::Tensor>& params, const Snapshot& s) {
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < params.size(); ++i) {
     params[i].copy_(s.params[i]);
-    auto& st = static_cast<FloraParamState&>(*opt.state().at(params[i].unsafeGetTensorImpl()));
-    st.step(s.states[i].step());
-    st.seed(s.states[i].seed());
-    const std::pair<torch::Tensor*, const torch::Tensor*> pairs[] = {
-        {&st.exp_avg(), &s.states[i].exp_avg()},
-        {&st.exp_avg_sq_row(), &s.states[i].exp_avg_sq_row()},
-        {&st.exp_avg_sq_col(), &s.states[i].exp_avg_sq_col()},
-        {&st.exp_avg_sq(), &s.states[i].exp_avg_sq()}};
-    for (const auto& [live, saved] : pairs) {
-      if (live->defined()) {
-        live->copy_(*saved);
+    auto live = written_in_place(live_state(opt, params[i]));
+    auto saved = written_in_place(const_cast<FloraParamState&>(s.states[i]));
+    for (size_t k = 0; k < live.size(); ++k) {
+      if (live[k]->defined()) {
+        live[k]->copy_(*saved[k]);
       }
     }
   }
 }
 
+void restore_counters(flora::Flora& opt, const std::vector<torch::Tensor>& params, const Snapshot& s) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    live_state(opt, params[i]).step(s.states[i].step());
+    live_state(opt, params[i]).seed(s.states[i].seed());
+  }
+}
+
 // With check_finite(false) and the philox generator a step never waits for
 // the host, so it can be captured in a CUDA graph. A replay repeats the
-// captured step (its step count, learning rate and seed are fixed at capture).
-TEST(CudaGraph, CapturedStepReplaysTheEagerStep) {
+// captured step: it rewrites the parameters and state tensors, while the host
+// counters (step count, seed), like the learning rate, stay those of the
+// capture. So: capture step 4 from the state after step 3, put the tensors
+// back to that state (the counters stay at 4, which is what a replay
+// represents), replay, and compare everything with an eager step 4. Also with
+// 8-bit states, whose quantization must not copy anything from the host.
+class CudaGraph : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaGraph, CapturedStepReplaysTheEagerStep) {
   FLORA_REQUIRE_CUDA();
+  const bool quantization = GetParam();
   torch::manual_seed(0);
   const auto cuda = torch::TensorOptions().device(torch::kCUDA);
   std::vector<torch::Tensor> params = {
@@ -164,44 +285,47 @@ TEST(CudaGraph, CapturedStepReplaysTheEagerStep) {
       (torch::randn({256}, cuda) * 0.1).requires_grad_(true), // bias
       (torch::randn({2, 3, 4}, cuda) * 0.1).to(torch::kBFloat16).requires_grad_(true)};
   flora::Flora opt(
-      params, flora::FloraOptions(1e-2).rank(16).beta1(0.9).kappa(1000).weight_decay(0.01).check_finite(false));
+      params, flora::FloraOptions(1e-2).rank(16).beta1(0.9).kappa(1000).weight_decay(0.01).check_finite(false)
+                  .quantization(quantization));
   for (auto& p : params) {
     p.mutable_grad() = torch::randn_like(p);
   }
 
   auto side = c10::cuda::getStreamFromPool();
   torch::cuda::synchronize(); // the side stream starts after everything above
-  {
-    c10::cuda::CUDAStreamGuard guard(side);
-    for (int i = 0; i < 3; ++i) {
-      opt.step(); // warm-up: state allocated, cuBLAS workspaces made
-    }
-  }
-  torch::cuda::synchronize();
-
-  const auto before = snapshot(opt, params);
-  opt.step();
-  const auto eager = snapshot(opt, params);
-
-  restore(opt, params, before);
+  Snapshot before, eager;
   at::cuda::CUDAGraph graph;
   {
+    // Everything on one stream, the eager step too: the same kernels and
+    // cuBLAS workspace as in the capture.
     c10::cuda::CUDAStreamGuard guard(side);
+    for (int i = 0; i < 3; ++i) {
+      opt.step(); // warm-up: state allocated, kernels loaded, cuBLAS workspaces made
+    }
+    before = snapshot(opt, params);
+    opt.step();
+    eager = snapshot(opt, params);
+
+    restore_tensors(opt, params, before);
+    restore_counters(opt, params, before);
     graph.capture_begin();
     opt.step();
     graph.capture_end();
+    restore_tensors(opt, params, before);
+    graph.replay();
   }
-  torch::cuda::synchronize();
-  restore(opt, params, before);
-  torch::cuda::synchronize();
-  graph.replay();
   torch::cuda::synchronize();
   const auto replayed = snapshot(opt, params);
   for (size_t i = 0; i < params.size(); ++i) {
+    EXPECT_EQ(replayed.states[i].step(), eager.states[i].step()) << "param " << i;
     EXPECT_TRUE(torch::equal(replayed.params[i], eager.params[i])) << "param " << i;
     EXPECT_TRUE(replayed.states[i] == eager.states[i]) << "state " << i;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    States, CudaGraph, ::testing::Values(false, true),
+    [](const auto& info) { return info.param ? std::string("quantized") : std::string("float32"); });
 
 TEST(CudaCheckpoint, StateFollowsTheParametersDevice) {
   FLORA_REQUIRE_CUDA();

@@ -6,16 +6,14 @@
 // device API: key = seed, counter = (offset / 4, subsequence) as 64-bit
 // halves; this file is our own implementation of the published algorithm
 // (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11),
-// checked against cuRAND's in tests/projection/.
+// checked against Random123's known-answer vectors (tests/projection_test.cpp)
+// and against cuRAND's own code compiled for the host
+// (tests/cuda/curand_host_test.cu).
 
-#include <cstdint>
+#include "kernels/host_device.h"
 
-#if defined(__CUDACC__)
-#define FLORA_HOST_DEVICE __host__ __device__ __forceinline__
-#else
 #include <cmath>
-#define FLORA_HOST_DEVICE inline
-#endif
+#include <cstdint>
 
 namespace flora::detail {
 

@@ -5,14 +5,10 @@
 // counters when the step is capturable): beta2_t, the step size, and the
 // parameter write's coefficients from the sums of squares. All in double.
 
+#include "kernels/host_device.h"
+
 #include <cmath>
 #include <cstdint>
-
-#if defined(__CUDACC__)
-#define FLORA_STEP_HD __host__ __device__ inline
-#else
-#define FLORA_STEP_HD inline
-#endif
 
 namespace flora::detail {
 
@@ -31,13 +27,13 @@ struct StepHyper {
 };
 
 /// beta2_t = 1 - t^decay_rate.
-FLORA_STEP_HD double beta2_at(int64_t step, double decay_rate) {
+FLORA_HOST_DEVICE double beta2_at(int64_t step, double decay_rate) {
   return 1.0 - pow(static_cast<double>(step), decay_rate);
 }
 
 /// lr, or the relative step min(warmup_init ? 1e-6 t : 1e-2, 1 / sqrt(t)),
 /// before the parameter-RMS scale.
-FLORA_STEP_HD double base_step_size(int64_t step, double lr, const StepHyper& h) {
+FLORA_HOST_DEVICE double base_step_size(int64_t step, double lr, const StepHyper& h) {
   if (!h.relative_step) {
     return lr;
   }
@@ -57,7 +53,7 @@ struct WriteCoefficients {
 /// From sum(p^2) and sum(update^2) over `numel` elements:
 ///   lr_t  = base * (scale_parameter ? max(eps2, RMS(p)) : 1)
 ///   scale = lr_t / max(1, RMS(update) / clip_threshold),  keep = 1 - weight_decay lr_t.
-FLORA_STEP_HD WriteCoefficients write_coefficients(
+FLORA_HOST_DEVICE WriteCoefficients write_coefficients(
     double param_sq, double update_sq, int64_t numel, double base, const StepHyper& h) {
   const double n = static_cast<double>(numel);
   const double param_rms = sqrt(param_sq / n);

@@ -3,20 +3,16 @@
 // The element rule of blockwise 8-bit quantization, shared by the CPU and
 // CUDA kernels (see include/flora/quantization.h for the whole scheme).
 
-#include <cstdint>
+#include "kernels/host_device.h"
 
-#if defined(__CUDACC__)
-#define FLORA_QUANT_HD __host__ __device__ __forceinline__
-#else
-#define FLORA_QUANT_HD inline
-#endif
+#include <cstdint>
 
 namespace flora::detail {
 
 /// Index of the entry of the ascending 256-entry `code` nearest to
 /// `normed` (already x * (1 / absmax)): clamped to [-1, 1], a tie going to
 /// the lower index, NaN to 0.
-FLORA_QUANT_HD uint8_t nearest_code(const float* code, float normed) {
+FLORA_HOST_DEVICE uint8_t nearest_code(const float* code, float normed) {
   // std::clamp semantics: NaN stays NaN.
   const float v = normed < -1.0f ? -1.0f : (1.0f < normed ? 1.0f : normed);
   // lower_bound: the first entry not less than v (NaN: none is less, so 0).

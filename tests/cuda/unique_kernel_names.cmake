@@ -1,0 +1,23 @@
+# Fails when two CUDA kernels (__global__ functions) in cuda/ share a name:
+# profiles and compute-sanitizer reports name kernels without their file.
+#   cmake -DCUDA_DIR=<repo>/cuda -P unique_kernel_names.cmake
+cmake_minimum_required(VERSION 3.25)
+file(GLOB _sources "${CUDA_DIR}/*.cu" "${CUDA_DIR}/*.cuh")
+set(_seen)
+set(_duplicates)
+foreach(_source IN LISTS _sources)
+  file(STRINGS "${_source}" _lines REGEX "__global__ void [A-Za-z_0-9]+")
+  foreach(_line IN LISTS _lines)
+    string(REGEX MATCH "__global__ void ([A-Za-z_0-9]+)" _match "${_line}")
+    set(_name "${CMAKE_MATCH_1}")
+    if(_name IN_LIST _seen)
+      list(APPEND _duplicates "${_name}")
+    endif()
+    list(APPEND _seen "${_name}")
+  endforeach()
+endforeach()
+list(LENGTH _seen _count)
+if(_duplicates)
+  message(FATAL_ERROR "CUDA kernel names used more than once: ${_duplicates}")
+endif()
+message(STATUS "${_count} CUDA kernels, every name unique")
