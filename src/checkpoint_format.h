@@ -9,11 +9,12 @@
 // History:
 //   1  flora 0.1: options and per-parameter state of flora-opt 0.0.3 plus
 //      projection, check_finite and quantization_block_size.
+//   2  options: capturable.
 
 #include <cstdint>
 
 namespace flora::detail {
 
-constexpr int64_t kCheckpointFormat = 1;
+constexpr int64_t kCheckpointFormat = 2;
 
 } // namespace flora::detail

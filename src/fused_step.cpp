@@ -42,6 +42,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -76,6 +77,7 @@ struct Member {
 struct Group {
   Kind kind;
   const FloraOptions* options;
+  bool capturable = false; // scalars from device counters, resampling decided on the device
   std::vector<Member*> members;
   torch::Tensor flags; // this group's slice of its device's flags
   int64_t flags_offset = 0; // where that slice starts
@@ -106,18 +108,19 @@ std::vector<Group> group_members(std::vector<Member>& members) {
     const auto& options = *m.pending->options;
     const auto layout = ParamLayout::of(m.param.sizes(), options);
     const Kind kind = layout.compressed ? Kind::compressed : (layout.factored ? Kind::factored : Kind::full);
-    // Compressed parameters group by shape, and by whether this step
-    // resamples them (the two take different products).
+    // Compressed parameters group by shape, and (eager steps) by whether
+    // this step resamples them: the two take different products. A
+    // capturable step does not know; it takes both.
     const Key key{
         &options,
         m.param.device().str(),
         static_cast<int>(m.param.scalar_type()),
         static_cast<int>(kind),
         kind == Kind::compressed ? m.param.sizes().vec() : std::vector<int64_t>{},
-        kind == Kind::compressed && m.resample};
+        kind == Kind::compressed && m.resample && !options.capturable()};
     auto [it, inserted] = index.emplace(key, groups.size());
     if (inserted) {
-      groups.push_back(Group{kind, &options, {}, {}, 0, {}});
+      groups.push_back(Group{kind, &options, options.capturable(), {}, {}, 0, {}});
     }
     groups[it->second].members.push_back(&m);
   }
@@ -131,7 +134,7 @@ std::vector<Group> group_members(std::vector<Member>& members) {
     const int64_t bytes = g.members.front()->param.numel() * 4;
     const auto per_chunk = static_cast<size_t>(std::max<int64_t>(1, kStepBufferBytes / std::max<int64_t>(bytes, 1)));
     for (size_t i = 0; i < g.members.size(); i += per_chunk) {
-      Group chunk{g.kind, g.options, {}, {}, 0, {}};
+      Group chunk{g.kind, g.options, g.capturable, {}, {}, 0, {}};
       chunk.members.assign(g.members.begin() + i, g.members.begin() + std::min(g.members.size(), i + per_chunk));
       out.push_back(std::move(chunk));
     }
@@ -153,12 +156,31 @@ std::vector<torch::Tensor> collect(const Group& g, const Get& get) {
   return out;
 }
 
+// Eager steps pass the counts from the host; capturable ones read the
+// device counters instead.
 std::vector<int64_t> steps_of(const Group& g) {
   std::vector<int64_t> out;
+  if (g.capturable) {
+    return out;
+  }
   for (auto* m : g.members) {
     out.push_back(m->step);
   }
   return out;
+}
+
+std::vector<torch::Tensor> counters_of(const Group& g) {
+  if (!g.capturable) {
+    return {};
+  }
+  return collect(g, [](Member& m) -> const torch::Tensor& { return m.target().counters(); });
+}
+
+std::optional<torch::Tensor> lr_tensor_of(const Group& g) {
+  if (!g.capturable) {
+    return std::nullopt;
+  }
+  return g.options->device_lr(g.members.front()->param.device());
 }
 
 std::optional<torch::Tensor> code_map_for(const Group& g) {
@@ -227,8 +249,8 @@ void run_full(Group& g) {
   const auto rms = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().rms(); });
   ops::full_step_(
       params, grads, v, v_absmax, momentum ? m1 : std::vector<torch::Tensor>{},
-      momentum ? m1_absmax : std::vector<torch::Tensor>{}, rms, g.sums, steps_of(g), {}, std::nullopt,
-      hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g));
+      momentum ? m1_absmax : std::vector<torch::Tensor>{}, rms, g.sums, steps_of(g), counters_of(g),
+      lr_tensor_of(g), hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g));
 }
 
 void run_factored(Group& g) {
@@ -243,8 +265,8 @@ void run_factored(Group& g) {
   const auto rms = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().rms(); });
   ops::factored_step_(
       params, grads, rows, cols, momentum ? m1 : std::vector<torch::Tensor>{},
-      momentum ? m1_absmax : std::vector<torch::Tensor>{}, rms, g.sums, steps_of(g), {}, std::nullopt,
-      hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g));
+      momentum ? m1_absmax : std::vector<torch::Tensor>{}, rms, g.sums, steps_of(g), counters_of(g),
+      lr_tensor_of(g), hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g));
 }
 
 void run_compressed(Group& g) {
@@ -253,7 +275,9 @@ void run_compressed(Group& g) {
   const int64_t count = static_cast<int64_t>(g.members.size());
   const int64_t m = first.param.size(0), n = first.param.size(1), r = *o.rank();
   const bool left = projects_from_left(m, n);
-  const bool resample = first.resample; // the same for the whole group
+  // Eager: whether this step resamples is known (the same for the whole
+  // group); capturable: always take the basis change, kept only when due.
+  const bool carry_basis = g.capturable || first.resample;
   const double b1 = *o.beta1();
   const auto fp32 = first.param.options().dtype(torch::kFloat);
 
@@ -265,26 +289,32 @@ void run_compressed(Group& g) {
   const auto absmaxes = collect(g, [](Member& x) -> const torch::Tensor& { return x.target().exp_avg_absmax(); });
   const auto rms = collect(g, [](Member& x) -> const torch::Tensor& { return x.target().rms(); });
   const auto steps = steps_of(g);
+  const auto counters = counters_of(g);
+  const auto lr_tensor = lr_tensor_of(g);
   const auto code_map = code_map_for(g);
 
   // u for all G parameters.
   auto u = torch::empty({count, m, n}, fp32);
-  ops::factored_normalize_(grads, rows, cols, g.sums, steps, {}, std::get<0>(o.eps()), o.decay_rate(), u);
+  ops::factored_normalize_(grads, rows, cols, g.sums, steps, counters, std::get<0>(o.eps()), o.decay_rate(), u);
 
   // The projections: P (this step's basis) and, resampling, P_old.
   const auto side = left ? ops::SeedSide::left : ops::SeedSide::right;
   const double scale = 1.0 / std::sqrt(static_cast<double>(r));
   auto projections = [&](bool previous) {
+    auto p = left ? torch::empty({count, r, m}, fp32) : torch::empty({count, n, r}, fp32);
+    if (g.capturable) {
+      ops::philox_normal_batch_(p, {}, counters, previous ? 2 : 1, side, scale);
+      return p;
+    }
     std::vector<int64_t> seeds;
     for (auto* x : g.members) {
       seeds.push_back(previous ? x->previous_seed : x->seed);
     }
-    auto p = left ? torch::empty({count, r, m}, fp32) : torch::empty({count, n, r}, fp32);
     ops::philox_normal_batch_(p, seeds, {}, 0, side, scale);
     return p;
   };
   const auto p_new = projections(false);
-  const auto p_old = resample ? projections(true) : p_new;
+  const auto p_old = carry_basis ? projections(true) : p_new;
   const auto p_old_t = p_old.transpose(1, 2);
 
   // down'(u) before u becomes the update.
@@ -297,13 +327,33 @@ void run_compressed(Group& g) {
   } else {
     u.baddbmm_(momentum, p_old_t, 1.0 - b1, b1);
   }
-  if (resample) {
-    const auto carry = left ? torch::bmm(p_new, p_old_t) : torch::bmm(p_old_t, p_new);
+  if (carry_basis) {
+    auto carry = left ? torch::bmm(p_new, p_old_t) : torch::bmm(p_old_t, p_new);
+    if (g.capturable) {
+      ops::keep_unless_resampled_(carry, counters, o.kappa());
+    }
     momentum = left ? torch::bmm(carry, momentum) : torch::bmm(momentum, carry);
   }
   momentum.mul_(b1).add_(down, 1.0 - b1);
   ops::scatter_moments_(momentum, moments, absmaxes, o.quantization_block_size(), code_map);
-  ops::apply_updates_(params, u, rms, g.sums, steps, {}, std::nullopt, hyper_of(o, true));
+  ops::apply_updates_(params, u, rms, g.sums, steps, counters, lr_tensor, hyper_of(o, true));
+}
+
+// Capturable steps: each parameter's (step, seed, previous seed) on its
+// device, made from the host's counts on the first step (an eager step:
+// a host-to-device copy) and advanced on the device from then on. Only a
+// compressed parameter's seed ever changes (every kappa-th step), as the
+// host's does.
+void advance_device_counters(Group& g) {
+  for (auto* m : g.members) {
+    auto& state = m->target();
+    if (!state.counters().defined()) {
+      state.counters(torch::tensor({m->step - 1, m->previous_seed, m->previous_seed}, torch::kLong)
+                         .to(m->param.device()));
+    }
+  }
+  const int64_t kappa = g.kind == Kind::compressed ? g.options->kappa() : std::numeric_limits<int64_t>::max();
+  ops::advance_counters_(counters_of(g), kappa);
 }
 
 } // namespace
@@ -355,6 +405,11 @@ void fused_step(StateMap& states, std::vector<PendingUpdate>& pending) {
     }
     m.state->step(m.step);
     m.state->seed(m.seed);
+  }
+  for (auto& g : groups) {
+    if (g.capturable) {
+      advance_device_counters(g);
+    }
   }
   for (auto& g : groups) {
     switch (g.kind) {

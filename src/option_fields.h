@@ -46,6 +46,7 @@ void for_each_option(Visit&& visit, Options&... options) {
   visit(FieldInfo{"quantization_block_size", 1}, options.quantization_block_size()...);
   visit(FieldInfo{"projection", 1}, options.projection()...);
   visit(FieldInfo{"check_finite", 1}, options.check_finite()...);
+  visit(FieldInfo{"capturable", 2}, options.capturable()...);
 }
 
 /// Reads FloraOptions written in checkpoint format `format`

@@ -7,11 +7,32 @@
 #include <torch/optim/serialize.h>
 #include <torch/serialize/archive.h>
 
+#include <torch/torch.h>
+
 #include <cmath>
 
 namespace flora {
 
 FloraOptions::FloraOptions(std::optional<double> lr) : lr_(lr) {}
+
+FloraOptions& FloraOptions::lr(std::optional<double> value) {
+  lr_ = value;
+  for (auto& t : device_lrs_.tensors) {
+    t.fill_(value.value_or(0.0)); // a kernel with the value as argument: no synchronisation
+  }
+  return *this;
+}
+
+torch::Tensor FloraOptions::device_lr(const torch::Device& device) const {
+  for (const auto& t : device_lrs_.tensors) {
+    if (t.device() == device) {
+      return t;
+    }
+  }
+  device_lrs_.tensors.push_back(
+      torch::full({1}, lr_.value_or(0.0), torch::TensorOptions().dtype(torch::kDouble).device(device)));
+  return device_lrs_.tensors.back();
+}
 
 bool operator==(const FloraOptions& lhs, const FloraOptions& rhs) {
   bool equal = true;
@@ -107,6 +128,12 @@ void validate(const FloraOptions& o, const char* where) {
   TORCH_CHECK(
       o.quantization_block_size() > 0,
       where, ": quantization_block_size must be positive, got ", o.quantization_block_size());
+  TORCH_CHECK(
+      !o.capturable() || o.projection() == ProjectionMode::philox, where,
+      ": capturable(true) needs the philox projection (the reference generator runs on the host)");
+  TORCH_CHECK(
+      !o.capturable() || !o.check_finite(), where,
+      ": capturable(true) needs check_finite(false): the check reads the gradients' flags on the host");
 }
 
 } // namespace flora

@@ -92,6 +92,13 @@ std::string describe_parameter(int64_t index, size_t group, size_t position, con
 } // namespace detail
 
 void FloraParamState::serialize(torch::serialize::OutputArchive& archive) const {
+  // Capturable steps keep the counts on the device: write those.
+  FloraParamState current = *this;
+  if (counters().defined()) {
+    const auto host = counters().cpu();
+    current.step(host.data_ptr<int64_t>()[0]);
+    current.seed(host.data_ptr<int64_t>()[1]);
+  }
   detail::for_each_state_field(
       [&](const detail::FieldInfo& info, const auto& field) {
         if constexpr (std::is_same_v<std::decay_t<decltype(field)>, torch::Tensor>) {
@@ -102,7 +109,7 @@ void FloraParamState::serialize(torch::serialize::OutputArchive& archive) const 
           archive.write(info.key, detail::to_ivalue(field));
         }
       },
-      *this);
+      current);
 }
 
 void FloraParamState::serialize(torch::serialize::InputArchive& archive) {

@@ -279,3 +279,102 @@ TEST(FusedKernels, EveryInstructionSetAgreesWithTheBaseline) {
 }
 
 } // namespace
+
+namespace {
+
+// A capturable step takes the path a GPU replays (counts and seeds from the
+// device counters, the learning rate from its device copy, the basis change
+// computed every step and blended to the identity unless due); on the CPU
+// it must give the eager step's bits, over resamples and an lr schedule.
+TEST(CapturableStep, EqualsTheEagerStepBitForBit) {
+  for (const bool quantized : {false, true}) {
+    auto make = [] {
+      return std::vector<torch::Tensor>{
+          flora::testing::param({8, 24}, 1), flora::testing::param({24, 8}, 2),
+          flora::testing::param({40, 6}, 3), flora::testing::param({17}, 4),
+          flora::testing::param({12, 10}, 5, torch::kBFloat16), flora::testing::param({3, 4, 5}, 6)};
+    };
+    auto eager_params = make();
+    auto captured_params = make();
+    const auto options = FloraOptions(1e-2)
+                             .beta1(0.9)
+                             .rank(4)
+                             .kappa(4)
+                             .weight_decay(0.01)
+                             .check_finite(false)
+                             .quantization(quantized)
+                             .quantization_block_size(64);
+    Flora eager(eager_params, options);
+    Flora capturable(captured_params, FloraOptions(options).capturable(true));
+    for (int s = 1; s <= 30; ++s) {
+      const double lr = 1e-2 * std::pow(0.9, s / 5); // a step schedule, through set_lr
+      eager.param_groups()[0].options().set_lr(lr);
+      capturable.param_groups()[0].options().set_lr(lr);
+      for (size_t i = 0; i < eager_params.size(); ++i) {
+        const auto g = flora::testing::randn_like_seeded(eager_params[i], 100 * s + i);
+        eager_params[i].mutable_grad() = g;
+        captured_params[i].mutable_grad() = g.clone();
+      }
+      eager.step();
+      capturable.step();
+    }
+    for (size_t i = 0; i < eager_params.size(); ++i) {
+      const auto where = std::string(quantized ? "8-bit " : "") + "param " + std::to_string(i);
+      EXPECT_TRUE(torch::equal(eager_params[i], captured_params[i])) << where;
+      const auto* a = flora::testing::state_of<FloraParamState>(eager, eager_params[i]);
+      const auto* b = flora::testing::state_of<FloraParamState>(capturable, captured_params[i]);
+      ASSERT_TRUE(a != nullptr && b != nullptr) << where;
+      EXPECT_TRUE(*a == *b) << where;
+      ASSERT_TRUE(b->counters().defined()) << where;
+      EXPECT_FALSE(a->counters().defined()) << where;
+      // The device counters hold the host's counts.
+      EXPECT_EQ(b->counters()[0].item<int64_t>(), 30) << where;
+      EXPECT_EQ(b->counters()[1].item<int64_t>(), a->seed()) << where;
+    }
+  }
+}
+
+// The counts a capturable step keeps on the device are what its checkpoint
+// holds, and a resumed run continues exactly.
+TEST(CapturableStep, CheckpointsWriteTheDeviceCounts) {
+  flora::testing::TempDir dir;
+  auto p = flora::testing::param({8, 24}, 7);
+  const auto options = FloraOptions(1e-2).beta1(0.9).rank(4).kappa(3).check_finite(false).capturable(true);
+  Flora opt({p}, options);
+  for (int s = 1; s <= 5; ++s) {
+    p.mutable_grad() = flora::testing::randn_like_seeded(p, s);
+    opt.step();
+  }
+  // What a graph replay does: the device counters move, the host's do not.
+  auto& state = static_cast<FloraParamState&>(*opt.state().at(p.unsafeGetTensorImpl()));
+  const int64_t host_step = state.step();
+  state.step(0);
+  torch::save(opt, dir.file("opt.pt"));
+  state.step(host_step);
+  auto q = p.detach().clone().requires_grad_(true);
+  Flora resumed({q}, options);
+  torch::load(resumed, dir.file("opt.pt"));
+  const auto& loaded = static_cast<const FloraParamState&>(*resumed.state().at(q.unsafeGetTensorImpl()));
+  EXPECT_EQ(loaded.step(), 5);
+  EXPECT_EQ(loaded.seed(), state.seed());
+  for (int s = 6; s <= 9; ++s) {
+    p.mutable_grad() = flora::testing::randn_like_seeded(p, s);
+    q.mutable_grad() = p.grad().clone();
+    opt.step();
+    resumed.step();
+  }
+  EXPECT_TRUE(torch::equal(p, q));
+}
+
+TEST(CapturableStep, NeedsPhiloxAndNoFiniteCheck) {
+  auto p = flora::testing::param({4, 4}, 1);
+  flora::testing::expect_error(
+      [&] { Flora({p}, FloraOptions(1e-2).capturable(true)); }, "capturable(true) needs check_finite(false)");
+  flora::testing::expect_error(
+      [&] {
+        Flora({p}, FloraOptions(1e-2).capturable(true).check_finite(false).projection(ProjectionMode::reference));
+      },
+      "capturable(true) needs the philox projection");
+}
+
+} // namespace

@@ -38,6 +38,11 @@ struct FLORA_API FloraParamState
   TORCH_ARG(torch::Tensor, exp_avg_sq);
   TORCH_ARG(torch::Tensor, exp_avg_absmax);
   TORCH_ARG(torch::Tensor, exp_avg_sq_absmax);
+  /// Capturable steps only: int64 (step, seed, seed before this step) on
+  /// the parameter's device, advanced by the step on the device. Not a
+  /// field of the checkpoint (it writes step and seed from it) and not
+  /// compared by ==: it is how the two integers above live on a device.
+  TORCH_ARG(torch::Tensor, counters);
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;

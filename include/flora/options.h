@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace torch::serialize {
 class OutputArchive;
@@ -41,8 +42,17 @@ struct FLORA_API FloraOptions
   /// The learning rate. Required unless relative_step is true.
   FloraOptions(std::optional<double> lr = std::nullopt);
 
-  /// Step size. Must be unset when relative_step is true.
-  TORCH_ARG(std::optional<double>, lr);
+  /// Step size. Must be unset when relative_step is true. Setting it (here
+  /// or through set_lr) also writes the device copy that capturable steps
+  /// read, without a synchronisation.
+  FloraOptions& lr(std::optional<double> value);
+  const std::optional<double>& lr() const noexcept {
+    return lr_;
+  }
+  /// Writing through this reference bypasses the device copy: use lr(value).
+  std::optional<double>& lr() noexcept {
+    return lr_;
+  }
   /// Rank r of the random projections of the momentum; unset: no compression.
   TORCH_ARG(std::optional<int64_t>, rank);
   /// Resample the projection every kappa steps (momentum carried over).
@@ -85,6 +95,18 @@ struct FLORA_API FloraOptions
   /// gradients propagate into parameters and state exactly as in flora-opt
   /// and torch::optim::Adam.
   TORCH_ARG(bool, check_finite) = true;
+  /// A step that never waits for the host, so that it can be captured once
+  /// in a CUDA graph and replayed for every later step (as torch's Adam
+  /// names it). Step counts and projection seeds live on the device
+  /// (advanced there, the kappa resampling decided there) and the learning
+  /// rate is read from a device copy that set_lr writes. Needs the philox
+  /// projection and check_finite(false) (the check reads flags on the
+  /// host). Costs two small extra products per compressed matrix and step
+  /// (the basis change is computed every step and kept only when due).
+  /// Take the first step eagerly (it allocates the state), then capture.
+  /// With capturable steps, FloraParamState::step()/seed() are refreshed
+  /// only by eager steps and at save(); the device counters are the truth.
+  TORCH_ARG(bool, capturable) = false;
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -96,6 +118,26 @@ struct FLORA_API FloraOptions
   /// (relative_step computes its own step size, which has nothing to scale).
   double get_lr() const override;
   void set_lr(const double lr) override;
+
+  /// The device copy of lr on `device` (float64, one element), made on
+  /// first use: what capturable steps read. Internal to flora's step.
+  torch::Tensor device_lr(const torch::Device& device) const;
+
+ private:
+  std::optional<double> lr_;
+  // One device copy of lr per device the group's parameters live on. A copy
+  // of the options (a clone for another group, or options loaded from a
+  // checkpoint) starts without them: a group's copy is its own.
+  struct DeviceCopies {
+    DeviceCopies() = default;
+    DeviceCopies(const DeviceCopies&) {}
+    DeviceCopies& operator=(const DeviceCopies&) {
+      tensors.clear();
+      return *this;
+    }
+    std::vector<torch::Tensor> tensors;
+  };
+  mutable DeviceCopies device_lrs_;
 };
 
 /// Throws c10::Error (naming the option and its value) unless the options
