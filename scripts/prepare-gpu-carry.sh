@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares what scripts/gpu-check.sh needs on a GPU machine that has torch,
 # nvcc, CMake and ninja but no GoogleTest, no Google Benchmark, no flora-opt
-# and no network. Everything goes to third_party/ (ignored by git) and must
+# and no network. Everything goes to third_party/ (ignored by git, except the
+# vendored third_party/gloo/ headers, which this script leaves alone) and must
 # travel with the working tree (the device tool's `carry: ["third_party"]`):
 #
 #   third_party/googletest/   GoogleTest sources (Debian's googletest package)
@@ -16,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=third_party
 multiarch=$(gcc -print-multiarch)
-rm -rf "$out"
+# third_party/gloo/ holds vendored headers (tracked in git): keep it.
+find "$out" -mindepth 1 -maxdepth 1 ! -name gloo -exec rm -rf {} + 2>/dev/null || true
 mkdir -p "$out/benchmark/include" "$out/benchmark/lib/$multiarch/cmake" "$out/wheels"
 
 cp -r /usr/src/googletest "$out/googletest"
