@@ -197,7 +197,7 @@ void Synchronizer::synchronize() {
       launch_ready();
     }
     for (size_t b = 0; b < plan_.buckets.size(); ++b) {
-      finish(round_.works[b], bucket_name(b));
+      finish(round_.works[b], rank_, bucket_name(b));
     }
     // The presence flags of all buckets, read on the host at once.
     std::vector<torch::Tensor> flags;

@@ -6,13 +6,13 @@ namespace flora::distributed::detail {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& what, const c10d::Backend* backend, const std::exception& e) {
+[[noreturn]] void fail(const std::string& what, int64_t rank, const std::exception& e) {
   const char* message = e.what();
   if (const auto* error = dynamic_cast<const c10::Error*>(&e)) {
     message = error->what_without_backtrace();
   }
   TORCH_CHECK(
-      false, "flora::distributed: ", what, " failed", backend ? " on rank " + std::to_string(backend->getRank()) : "",
+      false, "flora::distributed: ", what, " failed on rank ", rank,
       ". Another rank has probably exited, crashed or stalled past the timeout, or the ranks called different "
       "collectives. The backend said: ",
       message);
@@ -32,15 +32,15 @@ c10::intrusive_ptr<c10d::Work> start_sum(
   try {
     return backend.allreduce(tensors, options);
   } catch (const std::exception& e) {
-    fail(what, &backend, e);
+    fail(what, backend.getRank(), e);
   }
 }
 
-void finish(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) {
+void finish(const c10::intrusive_ptr<c10d::Work>& work, int64_t rank, const std::string& what) {
   try {
     work->wait();
   } catch (const std::exception& e) {
-    fail(what, nullptr, e);
+    fail(what, rank, e);
   }
 }
 
@@ -57,7 +57,7 @@ void broadcast_from_zero(
   try {
     backend.broadcast(tensors, options)->wait();
   } catch (const std::exception& e) {
-    fail(what, &backend, e);
+    fail(what, backend.getRank(), e);
   }
 }
 
@@ -76,7 +76,7 @@ std::vector<torch::Tensor> all_gather(
   try {
     backend.allgather(outputs, inputs, options)->wait();
   } catch (const std::exception& e) {
-    fail(what, &backend, e);
+    fail(what, backend.getRank(), e);
   }
   return outputs[0];
 }

@@ -21,8 +21,8 @@ c10::intrusive_ptr<c10d::Work> start_sum(
     std::optional<std::chrono::milliseconds> timeout,
     const std::string& what);
 
-/// Waits for `work`; on failure throws naming `what`.
-void finish(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what);
+/// Waits for `work`; on failure throws naming `what` and this rank.
+void finish(const c10::intrusive_ptr<c10d::Work>& work, int64_t rank, const std::string& what);
 
 /// Broadcasts `tensor` from rank 0, in place, and waits.
 void broadcast_from_zero(

@@ -36,7 +36,7 @@ torch::Tensor Synchronizer::reduce_gradient(const torch::Tensor& param, torch::T
     const auto projection = sketch_projection(param, e.seed, *options_.compression_rank(), options_.projection());
     auto sketch = sketch_of(projection, param, grad).contiguous();
     grad = torch::Tensor(); // only the sketch is needed from here on
-    finish(start_sum(*backend_, sketch, options_.timeout(), what), what);
+    finish(start_sum(*backend_, sketch, options_.timeout(), what), rank_, what);
     bytes_exchanged_ += static_cast<int64_t>(sketch.nbytes());
     ++collectives_;
     if (options_.reduction() == Reduction::mean && size_ > 1) {
@@ -49,7 +49,7 @@ torch::Tensor Synchronizer::reduce_gradient(const torch::Tensor& param, torch::T
   if (!grad.is_contiguous()) {
     grad = grad.contiguous();
   }
-  finish(start_sum(*backend_, grad, options_.timeout(), what), what);
+  finish(start_sum(*backend_, grad, options_.timeout(), what), rank_, what);
   bytes_exchanged_ += static_cast<int64_t>(grad.nbytes());
   ++collectives_;
   if (options_.reduction() == Reduction::mean && size_ > 1) {
@@ -69,7 +69,7 @@ void Synchronizer::reduce_accumulated(const torch::Tensor& param, CompressedAccu
     buffer = buffer.contiguous();
     accumulator.set_buffer(param, buffer);
   }
-  finish(start_sum(*backend_, buffer, options_.timeout(), what), what);
+  finish(start_sum(*backend_, buffer, options_.timeout(), what), rank_, what);
   bytes_exchanged_ += static_cast<int64_t>(buffer.nbytes());
   ++collectives_;
   if (options_.reduction() == Reduction::mean && size_ > 1) {
