@@ -84,6 +84,9 @@ void FusedBackward::remove() {
 
 void FusedBackward::set_reduction(std::shared_ptr<FusedReduction> reduction) {
   std::lock_guard<std::mutex> lock(mutex_);
+  TORCH_CHECK(
+      !(reduction_ && reduction), "FusedBackward: a reduction is installed already (another GradientSynchronizer?); "
+                                  "one FusedBackward reduces through one");
   reduction_ = std::move(reduction);
 }
 

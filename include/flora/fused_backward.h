@@ -102,8 +102,9 @@ class FLORA_API FusedBackward {
   const std::vector<torch::Tensor>& parameters() const {
     return params_;
   }
-  /// Installs the step run before every update (null: none). FusedBackward
-  /// shares its ownership, so it stays valid as long as the hooks are.
+  /// Installs the step run before every update (null removes it; installing
+  /// over another is an error). FusedBackward shares its ownership, so it
+  /// stays valid as long as the hooks are.
   void set_reduction(std::shared_ptr<FusedReduction> reduction);
 
  private:

@@ -29,7 +29,10 @@ TEST(DataParallelGpu, NcclWithOneRankKeepsGradientsAndCompressesOnTheDevice) {
   }
   auto group = flora::distributed::make_process_group(
       c10::make_intrusive<c10d::HashStore>(), 0, 1, 0,
-      flora::distributed::InitOptions().backend(flora::distributed::BackendKind::nccl).timeout(std::chrono::seconds(60)));
+      flora::distributed::InitOptions()
+          .backend(flora::distributed::BackendKind::nccl)
+          .gloo_hostname("127.0.0.1")
+          .timeout(std::chrono::seconds(60)));
   const torch::Device cuda(torch::kCUDA, 0);
   // Plain: one rank's mean is its own gradient.
   {

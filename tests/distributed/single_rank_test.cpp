@@ -119,6 +119,7 @@ TEST(SingleRank, FusedBackwardReducesInsideBackward) {
   EXPECT_EQ(sync.collectives(), 5) << "one all-reduce per parameter";
   EXPECT_EQ(sync.bytes_exchanged(), sync.bytes_per_exchange());
   expect_error([&] { sync.synchronize(); }, "with a FusedBackward, gradients are reduced inside backward()");
+  expect_error([&] { GradientSynchronizer second(fused, solo_group()); }, "a reduction is installed already");
 }
 
 TEST(SingleRank, RejectsBadOptionsAndCombinations) {
