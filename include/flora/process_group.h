@@ -102,7 +102,8 @@ struct FLORA_API World {
 FLORA_API World init_from_env(InitOptions options = {});
 
 /// Builds the process group over an existing store (a collective: every
-/// rank calls it with the same options): Gloo for CPU tensors, and NCCL
+/// rank calls it with the same options, and makes its groups in the same
+/// order, which keeps their keys apart): Gloo for CPU tensors, and NCCL
 /// (cuda:`local_rank`, made the current device) or Gloo for CUDA tensors,
 /// per options.backend() (automatic resolved as in init_from_env).
 FLORA_API c10::intrusive_ptr<c10d::ProcessGroup> make_process_group(

@@ -11,6 +11,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <atomic>
+
 namespace flora::distributed {
 
 namespace detail {
@@ -57,19 +59,23 @@ c10::intrusive_ptr<c10d::ProcessGroup> make_process_group(
       options.timeout().count() > 0, "flora::distributed: InitOptions::timeout must be positive, got ",
       options.timeout().count(), " ms");
   const BackendKind backend = resolve_backend(options.backend());
-  auto group = c10::make_intrusive<c10d::ProcessGroup>(store, static_cast<int>(rank), static_cast<int>(size));
+  // Each group's and each backend's keys under their own prefix, as
+  // torch.distributed keeps those of its groups apart: the n-th group this
+  // process makes (every rank makes its groups in the same order).
+  static std::atomic<int64_t> groups{0};
+  const auto keys = c10::make_intrusive<c10d::PrefixStore>("group_" + std::to_string(groups++), store);
+  auto group = c10::make_intrusive<c10d::ProcessGroup>(keys, static_cast<int>(rank), static_cast<int>(size));
   // Gloo in both configurations: it serves CPU tensors (a CPU model, the
   // synchroniser's agreement check on a CPU model), as in PyTorch's
-  // "cpu:gloo,cuda:nccl". Each backend's keys under its own prefix, as
-  // torch.distributed keeps those of its groups apart.
+  // "cpu:gloo,cuda:nccl".
   auto gloo = detail::make_gloo_backend(
-      c10::make_intrusive<c10d::PrefixStore>("gloo", store), rank, size, options.timeout(), options.gloo_hostname());
+      c10::make_intrusive<c10d::PrefixStore>("gloo", keys), rank, size, options.timeout(), options.gloo_hostname());
   group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, gloo);
   if (backend == BackendKind::nccl) {
     TORCH_CHECK(
         detail::cuda_usable(), "flora::distributed: the NCCL backend needs CUDA, and no CUDA device is available");
     auto nccl = detail::make_nccl_backend(
-        c10::make_intrusive<c10d::PrefixStore>("nccl", store), rank, size, local_rank, options.timeout());
+        c10::make_intrusive<c10d::PrefixStore>("nccl", keys), rank, size, local_rank, options.timeout());
     group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, nccl);
     group->setDefaultBackend(c10d::ProcessGroup::BackendType::NCCL);
   } else {

@@ -205,6 +205,15 @@ int mismatch(const WorkerContext& context) {
     GradientSynchronizer sync(m.params(), world.process_group, options);
     loss(m, make_batch(0, context.rank, 0)).backward();
     sync.synchronize();
+    // A second group over the same store keeps its keys apart.
+    auto second = flora::distributed::make_process_group(
+        world.store, context.rank, context.world, context.rank,
+        InitOptions().backend(flora::distributed::BackendKind::gloo).gloo_hostname("127.0.0.1"));
+    Model m2 = make_model(1);
+    GradientSynchronizer sync2(m2.params(), second, options);
+    loss(m2, make_batch(0, context.rank, 0)).backward();
+    sync2.synchronize();
+    TORCH_CHECK(torch::equal(m.w1.grad(), m2.w1.grad()), "the second group reduced differently");
   });
   return 0;
 }
