@@ -229,8 +229,12 @@ int rank_exits(const WorkerContext& context) {
   sync.synchronize(); // one good step
   loss(m, make_batch(1, context.rank, 0)).backward();
   if (context.rank == 1) {
+    // Not before rank 0 has read all of the good step (an exit with data in
+    // flight could reset the connection under it).
+    world.store->wait({"rank0_step_done"});
     std::_Exit(0); // gone, without a word to the others
   }
+  world.store->set("rank0_step_done", std::vector<uint8_t>{1});
   const auto begin = std::chrono::steady_clock::now();
   std::string message = "no error";
   try {
