@@ -9,8 +9,9 @@
 // rank draws the same P for a matrix, mean_k down(G_k) = down(mean_k G_k).
 // So ranks all-reduce the (r, n) or (m, r) sketch down(G) instead of the
 // (m, n) gradient and rebuild up(mean sketch) (an unbiased estimate of the
-// mean gradient): the traffic of every compressed matrix falls by n / r (or
-// m / r). Which matrices: the rule of Flora's momentum (layout.h,
+// mean gradient): the traffic of every compressed matrix falls by
+// min(m, n) / r (the smaller side shrinks to r, projects_from_left). Which
+// matrices: the rule of Flora's momentum (layout.h,
 // compresses_momentum: the smaller side at least r, the aspect ratio at most
 // max_aspect_ratio, 4 as in flora-opt), on the parameter viewed as a
 // (size(0), numel / size(0)) matrix; vectors, embeddings and the rest go
