@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepares what scripts/gpu-check.sh needs on a GPU machine that has torch,
 # nvcc, CMake and ninja but no GoogleTest, no flora-opt and no network.
-# Everything goes to third_party/ (ignored by git), which travels with the
-# working tree (the device tool's `carry: ["third_party"]`):
+# Everything goes to third_party/ (ignored by git, except the vendored
+# third_party/gloo/ headers, which this script leaves alone), which travels
+# with the working tree (the device tool's `carry: ["third_party"]`):
 #
 #   third_party/googletest/   GoogleTest sources (Debian's googletest
 #                             package; googlemock left out), built there
@@ -17,7 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=third_party
-rm -rf "$out"
+# third_party/gloo/ holds vendored headers (tracked in git): keep it.
+find "$out" -mindepth 1 -maxdepth 1 ! -name gloo -exec rm -rf {} + 2>/dev/null || true
 mkdir -p "$out/googletest" "$out/wheels"
 
 src=/usr/src/googletest

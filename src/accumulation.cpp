@@ -16,7 +16,7 @@ int64_t matrix_cols(const torch::Tensor& p) {
 }
 
 // The buffer of a compressed parameter: down(G) of its (rows, cols) matrix.
-std::vector<int64_t> buffer_shape(const torch::Tensor& param, int64_t rank) {
+std::vector<int64_t> compressed_buffer_shape(const torch::Tensor& param, int64_t rank) {
   return compressed_shape(matrix_rows(param), matrix_cols(param), rank);
 }
 
@@ -71,6 +71,50 @@ bool CompressedAccumulator::compressed(const torch::Tensor& param) const {
   const Slot* s = find(param);
   TORCH_CHECK(s != nullptr, "CompressedAccumulator: the tensor is not one of its parameters");
   return s->compressed;
+}
+
+std::vector<torch::Tensor> CompressedAccumulator::parameters() const {
+  std::vector<torch::Tensor> params;
+  params.reserve(slots_.size());
+  for (const auto& s : slots_) {
+    params.push_back(s.param);
+  }
+  return params;
+}
+
+std::vector<int64_t> CompressedAccumulator::buffer_shape(const torch::Tensor& param) const {
+  const Slot* s = find(param);
+  TORCH_CHECK(s != nullptr, "CompressedAccumulator: the tensor of shape ", param.sizes(), " is not one of its parameters");
+  return s->compressed ? compressed_buffer_shape(param, options_.rank()) : param.sizes().vec();
+}
+
+int64_t CompressedAccumulator::seed(const torch::Tensor& param) const {
+  const Slot* s = find(param);
+  TORCH_CHECK(s != nullptr, "CompressedAccumulator: the tensor of shape ", param.sizes(), " is not one of its parameters");
+  return s->seed;
+}
+
+torch::Tensor CompressedAccumulator::buffer(const torch::Tensor& param) const {
+  const Slot* s = find(param);
+  TORCH_CHECK(s != nullptr, "CompressedAccumulator: the tensor of shape ", param.sizes(), " is not one of its parameters");
+  return s->buffer;
+}
+
+void CompressedAccumulator::set_buffer(const torch::Tensor& param, torch::Tensor buffer) {
+  Slot& s = slot_for(param);
+  if (buffer.defined()) {
+    const auto expected = buffer_shape(param);
+    TORCH_CHECK(
+        buffer.sizes() == expected, "CompressedAccumulator::set_buffer: a buffer of shape ", buffer.sizes(),
+        " for a parameter whose buffer is ", expected);
+    TORCH_CHECK(
+        buffer.scalar_type() == torch::kFloat, "CompressedAccumulator::set_buffer: buffers are float32, got ",
+        buffer.scalar_type());
+    TORCH_CHECK(
+        buffer.device() == param.device(), "CompressedAccumulator::set_buffer: a buffer on ", buffer.device(),
+        " for a parameter on ", param.device());
+  }
+  s.buffer = std::move(buffer);
 }
 
 void CompressedAccumulator::accumulate() {
@@ -181,7 +225,7 @@ void CompressedAccumulator::load(torch::serialize::InputArchive& archive) {
       TORCH_CHECK(v.isTensor(), "CompressedAccumulator::load: buffer ", i, " is not a tensor");
       const auto& p = slots_[i].param;
       const std::vector<int64_t> expected =
-          slots_[i].compressed ? buffer_shape(p, options_.rank()) : p.sizes().vec();
+          slots_[i].compressed ? compressed_buffer_shape(p, options_.rank()) : p.sizes().vec();
       TORCH_CHECK(
           v.toTensor().sizes() == expected, "CompressedAccumulator::load: buffer ", i, " has shape ",
           v.toTensor().sizes(), ", expected ", expected);

@@ -82,6 +82,14 @@ void FusedBackward::remove() {
   installed_ = false;
 }
 
+void FusedBackward::set_reduction(std::shared_ptr<FusedReduction> reduction) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  TORCH_CHECK(
+      !(reduction_ && reduction), "FusedBackward: a reduction is installed already (another GradientSynchronizer?); "
+                                  "one FusedBackward reduces through one");
+  reduction_ = std::move(reduction);
+}
+
 int64_t FusedBackward::micro_steps() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return micro_steps_;
@@ -112,10 +120,16 @@ void FusedBackward::on_gradient(const torch::Tensor& param) {
     if (!sync) {
       return;
     }
+    if (reduction_ && accumulator_->buffer(param).defined()) {
+      reduction_->reduce_accumulated(param, *accumulator_);
+    }
     grad = accumulator_->take(param);
   } else {
     grad = param.grad();
     param.mutable_grad() = torch::Tensor();
+    if (reduction_ && grad.defined()) {
+      grad = reduction_->reduce_gradient(param, std::move(grad));
+    }
   }
   if (!grad.defined()) {
     return;

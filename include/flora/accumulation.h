@@ -68,6 +68,24 @@ class FLORA_API CompressedAccumulator {
 
   /// True when the parameter's accumulation is compressed.
   bool compressed(const torch::Tensor& param) const;
+
+  /// The parameters, in the order given.
+  std::vector<torch::Tensor> parameters() const;
+  /// Shape of a parameter's buffer: down(G)'s (rank, n) or (m, rank) when
+  /// compressed, else the parameter's.
+  std::vector<int64_t> buffer_shape(const torch::Tensor& param) const;
+  /// Seed of the parameter's current projection (0 when uncompressed).
+  int64_t seed(const torch::Tensor& param) const;
+  /// The parameter's buffer (float32; the running sum of down(g), or of g),
+  /// undefined when nothing has been accumulated since the last take(). It
+  /// shares storage with the accumulator: data-parallel training
+  /// (flora::distributed) all-reduces it in place between the last
+  /// accumulate() and restore().
+  torch::Tensor buffer(const torch::Tensor& param) const;
+  /// Replaces the parameter's buffer: float32, buffer_shape(param), on the
+  /// parameter's device; an undefined tensor empties it. (For a rank that
+  /// accumulated nothing for a parameter that other ranks did.)
+  void set_buffer(const torch::Tensor& param, torch::Tensor buffer);
   /// Bytes held by the buffers now.
   int64_t buffer_bytes() const;
   const AccumulationOptions& options() const {

@@ -59,6 +59,24 @@ struct FLORA_API FusedBackwardOptions {
   TORCH_ARG(std::optional<double>, max_global_norm);
 };
 
+/// A step that FusedBackward runs between a parameter's gradient being
+/// complete and its update, inside backward: the place where data-parallel
+/// training reduces each gradient across ranks layer by layer
+/// (flora::distributed::GradientSynchronizer installs one), so that no full
+/// set of gradients ever exists on a rank.
+class FLORA_API FusedReduction {
+ public:
+  virtual ~FusedReduction() = default;
+  /// Without accumulation: returns the gradient to update `param` with,
+  /// given its local gradient (which it may modify).
+  virtual torch::Tensor reduce_gradient(const torch::Tensor& param, torch::Tensor grad) = 0;
+  /// With accumulation, in the backward pass that updates: reduces the
+  /// accumulator's buffer of `param` (accumulator.buffer(param), a sketch
+  /// when accumulator.compressed(param)) in place, after this pass's
+  /// gradient was added to it and before it is taken for the update.
+  virtual void reduce_accumulated(const torch::Tensor& param, CompressedAccumulator& accumulator) = 0;
+};
+
 class FLORA_API FusedBackward {
  public:
   explicit FusedBackward(Flora& optimizer, FusedBackwardOptions options = {});
@@ -76,6 +94,18 @@ class FLORA_API FusedBackward {
   const CompressedAccumulator* accumulator() const {
     return accumulator_.get();
   }
+  const FusedBackwardOptions& options() const {
+    return options_;
+  }
+  /// The parameters whose updates are fused (those that require a
+  /// gradient), in the optimizer's order.
+  const std::vector<torch::Tensor>& parameters() const {
+    return params_;
+  }
+  /// Installs the step run before every update (null removes it; installing
+  /// over another is an error). FusedBackward shares its ownership, so it
+  /// stays valid as long as the hooks are.
+  void set_reduction(std::shared_ptr<FusedReduction> reduction);
 
  private:
   struct Hook;
@@ -84,6 +114,7 @@ class FLORA_API FusedBackward {
   Flora& optimizer_;
   FusedBackwardOptions options_;
   std::unique_ptr<CompressedAccumulator> accumulator_;
+  std::shared_ptr<FusedReduction> reduction_;
   std::vector<torch::Tensor> params_;
   mutable std::mutex mutex_;
   int64_t micro_steps_ = 0;

@@ -7,6 +7,7 @@
 #include <flora/export.h>
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
+#include <torch/types.h>
 
 #include <cstdint>
 #include <optional>
