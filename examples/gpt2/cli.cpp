@@ -183,8 +183,21 @@ class Flags {
                     const std::string& default_text) {
     return add(name, help, type, default_text);
   }
+  /// A switch: given or not.
   void flag(const std::string& name, bool& out, const std::string& help) {
     options_[name] = app_.add_flag(name, out, help);
+    switches_.push_back(name);
+  }
+  /// CLI11 would also take a switch as --name=VALUE, reading "2" or "yes"
+  /// as true: that form is refused, before parsing.
+  void refuse_switch_values(const std::vector<std::string>& args) const {
+    for (const auto& arg : args) {
+      const auto equals = arg.find('=');
+      if (equals != std::string::npos &&
+          std::find(switches_.begin(), switches_.end(), arg.substr(0, equals)) != switches_.end()) {
+        fail(arg.substr(0, equals), arg.substr(equals + 1), "a switch takes no value");
+      }
+    }
   }
 
   /// Converts every given value, in the order the flags were declared.
@@ -214,6 +227,7 @@ class Flags {
   std::deque<std::vector<std::string>> raw_lists_;
   std::map<std::string, CLI::Option*> options_;
   std::vector<std::function<void()>> converters_;
+  std::vector<std::string> switches_;
 };
 
 const std::vector<std::string> kOptimizers = {"adam", "adamw", "flora"};
@@ -326,6 +340,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
              "with --save-model: also write flora_check_logits.safetensors (logits of --check-input's input_ids)");
   flags.path("--check-input", s.check_input, "safetensors file with the input_ids for --check-logits");
 
+  flags.refuse_switch_values(args);
   std::vector<std::string> reversed(args.rbegin(), args.rend()); // CLI11 consumes from the back
   try {
     app.parse(reversed);
