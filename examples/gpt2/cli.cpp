@@ -9,13 +9,22 @@
 #include <functional>
 #include <limits>
 #include <map>
-#include <set>
 #include <sstream>
 
 namespace flora::gpt2 {
 
 std::string shipped_path(const std::string& relative) {
   return std::string(FLORA_GPT2_SOURCE_DIR) + "/" + relative;
+}
+
+void throw_usage_error(const std::string& flag, const std::string& value, const std::string& why) {
+  throw UsageError(flag + " '" + value + "': " + why);
+}
+
+std::string format_number(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
 }
 
 TrainOptions Settings::default_train_options() {
@@ -34,22 +43,12 @@ constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
 // overflows anywhere.
 constexpr int64_t kMaxSeed = (int64_t{1} << 32) - 1;
 
-[[noreturn]] void fail(const std::string& flag, const std::string& value, const std::string& why) {
-  throw UsageError(flag + " '" + value + "': " + why);
-}
-
 std::string join(const std::vector<std::string>& items, const char* separator = ", ") {
   std::string out;
   for (const auto& item : items) {
     out += (out.empty() ? "" : separator) + item;
   }
   return out;
-}
-
-std::string format_number(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
 }
 
 std::string integer_range(int64_t lo, int64_t hi) {
@@ -61,7 +60,7 @@ int64_t parse_integer(const std::string& flag, const std::string& text, int64_t 
   const char* end = text.data() + text.size();
   const auto [ptr, ec] = std::from_chars(text.data(), end, value);
   if (text.empty() || ec != std::errc() || ptr != end || value < lo || value > hi) {
-    fail(flag, text, "expected a decimal integer " + integer_range(lo, hi));
+    throw_usage_error(flag, text, "expected a decimal integer " + integer_range(lo, hi));
   }
   return value;
 }
@@ -94,7 +93,7 @@ double parse_number(const std::string& flag, const std::string& text, const Inte
   const char* end = text.data() + text.size();
   const auto [ptr, ec] = std::from_chars(text.data(), end, value);
   if (text.empty() || ec != std::errc() || ptr != end || !std::isfinite(value) || !range.contains(value)) {
-    fail(flag, text, "expected a finite number " + range.describe());
+    throw_usage_error(flag, text, "expected a finite number " + range.describe());
   }
   return value;
 }
@@ -145,7 +144,7 @@ class Flags {
     converters_.push_back([this, name, &raw, &out, choices] {
       if (given(name)) {
         if (std::find(choices.begin(), choices.end(), raw) == choices.end()) {
-          fail(name, raw, "expected one of " + join(choices, ", "));
+          throw_usage_error(name, raw, "expected one of " + join(choices, ", "));
         }
         out = raw;
       }
@@ -157,7 +156,7 @@ class Flags {
     converters_.push_back([this, name, &raw, &out, empty_means] {
       if (given(name)) {
         if (raw.empty() && empty_means.empty()) {
-          fail(name, raw, "expected a path, got an empty string");
+          throw_usage_error(name, raw, "expected a path, got an empty string");
         }
         out = raw;
       }
@@ -171,7 +170,7 @@ class Flags {
       if (given(name)) {
         for (const auto& p : raw) {
           if (p.empty()) {
-            fail(name, p, "expected a path, got an empty string");
+            throw_usage_error(name, p, "expected a path, got an empty string");
           }
         }
         out = raw;
@@ -195,7 +194,7 @@ class Flags {
       const auto equals = arg.find('=');
       if (equals != std::string::npos &&
           std::find(switches_.begin(), switches_.end(), arg.substr(0, equals)) != switches_.end()) {
-        fail(arg.substr(0, equals), arg.substr(equals + 1), "a switch takes no value");
+        throw_usage_error(arg.substr(0, equals), arg.substr(equals + 1), "a switch takes no value");
       }
     }
   }
@@ -238,16 +237,16 @@ std::vector<std::string> parse_optimizer_list(const std::string& flag, const std
   std::string item;
   while (std::getline(in, item, ',')) {
     if (std::find(kOptimizers.begin(), kOptimizers.end(), item) == kOptimizers.end()) {
-      fail(flag, text, "'" + item + "' is not an optimizer (expected a comma-separated list of " +
+      throw_usage_error(flag, text, "'" + item + "' is not an optimizer (expected a comma-separated list of " +
                            join(kOptimizers, ", ") + ")");
     }
     if (std::find(out.begin(), out.end(), item) != out.end()) {
-      fail(flag, text, "'" + item + "' is listed twice");
+      throw_usage_error(flag, text, "'" + item + "' is listed twice");
     }
     out.push_back(item);
   }
   if (out.empty() || text.back() == ',') {
-    fail(flag, text, "expected a comma-separated list of " + join(kOptimizers, ", "));
+    throw_usage_error(flag, text, "expected a comma-separated list of " + join(kOptimizers, ", "));
   }
   return out;
 }

@@ -28,6 +28,13 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// Throws UsageError("<flag> '<value>': <why>"), the form of every message
+/// about one flag's value.
+[[noreturn]] void throw_usage_error(const std::string& flag, const std::string& value, const std::string& why);
+
+/// A number as the user would write it ("0.1", "1e-05").
+std::string format_number(double v);
+
 /// The named model configurations of --init-config.
 inline const std::vector<std::string> kInitConfigs = {"tiny", "gpt2", "gpt2-medium", "custom"};
 

@@ -14,23 +14,12 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
-#include <sstream>
 
 #include <sys/stat.h>
 #include <unistd.h>
 
 namespace flora::gpt2 {
 namespace {
-
-[[noreturn]] void fail(const std::string& flag, const std::string& value, const std::string& why) {
-  throw UsageError(flag + " '" + value + "': " + why);
-}
-
-std::string format_number(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 
 // Why a path given for a file or a directory is not one.
 std::string not_found(const std::string& path, bool want_dir) {
@@ -54,7 +43,7 @@ auto attributed(const std::string& flag, const std::string& value, Fn&& load) {
   try {
     return load();
   } catch (const c10::Error& e) {
-    fail(flag, value, e.what_without_backtrace());
+    throw_usage_error(flag, value, e.what_without_backtrace());
   }
 }
 
@@ -82,10 +71,10 @@ void check_output_dir(const std::string& flag, const std::string& path) {
     p = parent_of(p);
   }
   if (!is_dir(p)) {
-    fail(flag, path, "'" + p + "' exists and is not a directory");
+    throw_usage_error(flag, path, "'" + p + "' exists and is not a directory");
   }
   if (::access(p.c_str(), W_OK | X_OK) != 0) {
-    fail(flag, path, "cannot create or write in '" + p + "'");
+    throw_usage_error(flag, path, "cannot create or write in '" + p + "'");
   }
 }
 
@@ -111,7 +100,7 @@ void write_check_logits(const std::string& dir, const std::string& input_file) {
 std::pair<GPT2Config, std::string> resolve_config(const Settings& s, const Tokenizer& tokenizer) {
   if (s.init_config.empty()) {
     if (!is_dir(s.model_dir)) {
-      fail("--model-dir", s.model_dir, not_found(s.model_dir, true));
+      throw_usage_error("--model-dir", s.model_dir, not_found(s.model_dir, true));
     }
     auto config = attributed("--model-dir", s.model_dir, [&] {
       auto c = load_config(join_path(s.model_dir, "config.json"));
@@ -149,7 +138,7 @@ RunPlan prepare_run(const Settings& settings) {
 
   if (s.device == "cuda" || (s.device == "auto" && torch::cuda::is_available())) {
     if (!torch::cuda::is_available()) {
-      fail("--device", s.device, "no CUDA device is available");
+      throw_usage_error("--device", s.device, "no CUDA device is available");
     }
     plan.device = torch::Device(torch::kCUDA, 0);
   }
@@ -163,7 +152,7 @@ RunPlan prepare_run(const Settings& settings) {
   const std::string tokenizer_flag = tokenizer_given ? "--tokenizer-dir" : "--model-dir";
   if (s.init_config.empty() || tokenizer_given) {
     if (!is_dir(plan.tokenizer_dir)) {
-      fail(tokenizer_flag, plan.tokenizer_dir, not_found(plan.tokenizer_dir, true));
+      throw_usage_error(tokenizer_flag, plan.tokenizer_dir, not_found(plan.tokenizer_dir, true));
     }
   }
   plan.tokenizer.emplace(
@@ -178,7 +167,7 @@ RunPlan prepare_run(const Settings& settings) {
   if (tokenizer.vocab_size() > config.vocab_size) {
     const std::string flag = s.vocab_size ? "--vocab-size" : model_flag;
     const std::string value = s.vocab_size ? std::to_string(*s.vocab_size) : model_value;
-    fail(flag, value,
+    throw_usage_error(flag, value,
          "the model's vocab_size " + std::to_string(config.vocab_size) + " is smaller than the tokenizer's " +
              std::to_string(tokenizer.vocab_size()) + " tokens (from '" + plan.tokenizer_dir +
              "'); the model must have a row for every token");
@@ -186,7 +175,7 @@ RunPlan prepare_run(const Settings& settings) {
   if (s.train.block_size > config.n_positions) {
     const std::string source = s.n_positions ? "--n-positions '" + std::to_string(*s.n_positions) + "'"
                                              : model_flag + " '" + model_value + "'";
-    fail("--block-size", std::to_string(s.train.block_size),
+    throw_usage_error("--block-size", std::to_string(s.train.block_size),
          "longer than the model's n_positions " + std::to_string(config.n_positions) + " (" + source + ")");
   }
 
@@ -238,7 +227,7 @@ RunPlan prepare_run(const Settings& settings) {
   const auto t0 = std::chrono::steady_clock::now();
   for (const auto& file : s.train_files) {
     if (!is_file(file)) {
-      fail("--train-file", file, not_found(file, false));
+      throw_usage_error("--train-file", file, not_found(file, false));
     }
   }
   const std::string train_value = join(s.train_files);
@@ -246,7 +235,7 @@ RunPlan prepare_run(const Settings& settings) {
   torch::Tensor valid;
   if (!s.valid_file.empty()) {
     if (!is_file(s.valid_file)) {
-      fail("--valid-file", s.valid_file, not_found(s.valid_file, false));
+      throw_usage_error("--valid-file", s.valid_file, not_found(s.valid_file, false));
     }
     valid = attributed("--valid-file", s.valid_file, [&] { return encode_files(tokenizer, {s.valid_file}); });
   }
@@ -256,7 +245,7 @@ RunPlan prepare_run(const Settings& settings) {
   const auto& t = s.train;
   const int64_t need = min_training_tokens(t.block_size, t.batch_size);
   if (plan.split.train.numel() < need) {
-    fail("--train-file", train_value,
+    throw_usage_error("--train-file", train_value,
          std::to_string(plan.split.train.numel()) + " training tokens are too few for one batch of --batch-size " +
              std::to_string(t.batch_size) + " sequences of --block-size " + std::to_string(t.block_size) +
              " + 1 tokens (at least " + std::to_string(need) + " are needed" +
@@ -265,7 +254,7 @@ RunPlan prepare_run(const Settings& settings) {
   if (plan.split.valid.numel() < t.block_size + 1) {
     const std::string flag = s.valid_file.empty() ? "--valid-fraction" : "--valid-file";
     const std::string value = s.valid_file.empty() ? format_number(s.valid_fraction) : s.valid_file;
-    fail(flag, value,
+    throw_usage_error(flag, value,
          std::to_string(plan.split.valid.numel()) + " held-out tokens are fewer than one block of --block-size " +
              std::to_string(t.block_size) + " + 1 tokens");
   }

@@ -253,11 +253,10 @@ Outcome run_program(const Args& args) {
 
 TEST(Gpt2Cli, TheProgramExitsWithStatus1AndNamesTheFlag) {
   const Files f;
+  // One error of the parsing, one of the checks against the files (each
+  // run loads LibTorch: the sweep above covers the messages).
   const std::vector<std::pair<Args, std::string>> cases = {
       {{"--optimizer", "flora", "--rank", "-3"}, "error: --rank '-3'"},
-      {{"--steps", "0"}, "error: --steps '0'"},
-      {{"--lr", "nan"}, "error: --lr 'nan'"},
-      {{"--model-dir", "/nonexistent/model"}, "error: --model-dir '/nonexistent/model': no such directory"},
       {{"--train-file", f.three_tokens}, "error: --train-file '" + f.three_tokens + "'"},
   };
   for (const auto& [args, want] : cases) {
@@ -265,9 +264,6 @@ TEST(Gpt2Cli, TheProgramExitsWithStatus1AndNamesTheFlag) {
     EXPECT_EQ(outcome.status, 1) << want;
     EXPECT_EQ(outcome.output.rfind(want, 0), 0u) << outcome.output;
   }
-  const auto help = run_program({"--help"});
-  EXPECT_EQ(help.status, 0);
-  EXPECT_NE(help.output.find("--init-config"), std::string::npos);
 }
 #endif
 
