@@ -11,9 +11,7 @@
 #   third_party/wheels/       flora-opt 0.0.3 (pure Python) for the reference
 #                             step-time comparison
 #   third_party/prefix/       the header-only nlohmann-json and CLI11 with their
-#                             CMake configs, and PCRE2's header and library,
-#                             for the GPT-2 example (cairo stays behind: the
-#                             example then writes no loss.png)
+#                             CMake configs, for the GPT-2 example
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=third_party
@@ -32,9 +30,6 @@ cp -r /usr/lib/"$multiarch"/cmake/benchmark "$out/benchmark/lib/$multiarch/cmake
 mkdir -p "$out/prefix/include" "$out/prefix/share/cmake"
 cp -r /usr/include/nlohmann /usr/include/CLI "$out/prefix/include/"
 cp -r /usr/share/cmake/nlohmann_json /usr/share/cmake/CLI11 "$out/prefix/share/cmake/"
-mkdir -p "$out/prefix/lib"
-cp /usr/include/pcre2.h "$out/prefix/include/"
-cp -a /usr/lib/"$multiarch"/libpcre2-8.so* "$out/prefix/lib/"
 
 python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$out/wheels" flora-opt==0.0.3
 
