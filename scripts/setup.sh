@@ -2,8 +2,9 @@
 # One-time set-up for building flora on a Debian/Ubuntu machine.
 #
 #  1. System packages (compiler, CMake, Ninja, GoogleTest, Google Benchmark,
-#     ccache, nlohmann-json, CLI11, libpng) through apt-get, only those that
-#     are missing, and only when we are root or have passwordless sudo.
+#     ccache; for the GPT-2 example nlohmann-json, CLI11, PCRE2, and cairo
+#     with a font for its PNG plot) through apt-get, only those that are
+#     missing, and only when we are root or have passwordless sudo.
 #  2. LibTorch: the PyPI wheel torch==2.11.0 (CUDA 13.0 build) installed once
 #     into a virtualenv in a cache outside the clone:
 #         ${FLORA_CACHE:-$HOME/.cache/flora}/torch-2.11.0
@@ -26,7 +27,8 @@ log() { echo "[flora setup] $*" >&2; }
 
 install_system_packages() {
   local want=(g++ cmake ninja-build ccache libgtest-dev libgmock-dev libbenchmark-dev
-              nlohmann-json3-dev libcli11-dev libpng-dev python3-venv git)
+              nlohmann-json3-dev libcli11-dev libpcre2-dev libcairo2-dev fonts-dejavu-core
+              python3-venv git)
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

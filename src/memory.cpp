@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <unordered_map>
 
 namespace flora {
 namespace {
@@ -13,16 +14,33 @@ namespace {
 // Wraps the CPU allocator that was current when it was installed and counts
 // live bytes. It is never uninstalled or destroyed: tensors it allocated
 // may outlive any scope and must find it when they are freed.
+//
+// Its DataPtrs carry the data pointer itself as their context, as c10's
+// default CPU allocator does: Allocator::raw_allocate() (which oneDNN uses
+// through ideep, e.g. for bfloat16 matrix products) requires it. The
+// wrapped allocation and its size are kept in a table keyed by that
+// pointer.
 class CountingCpuAllocator final : public c10::Allocator {
  public:
   explicit CountingCpuAllocator(c10::Allocator* base) : base_(base) {}
 
   c10::DataPtr allocate(size_t bytes) override {
-    auto* context = new Allocation{base_->allocate(bytes), static_cast<int64_t>(bytes), this};
-    void* data = context->inner.get();
-    const auto device = context->inner.device();
-    add(context->bytes);
-    return {data, context, &release, device};
+    c10::DataPtr inner = base_->allocate(bytes);
+    void* data = inner.get();
+    const auto device = inner.device();
+    if (data == nullptr) {
+      return inner; // nothing allocated (zero bytes): nothing to count
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_.emplace(data, Allocation{std::move(inner), static_cast<int64_t>(bytes)});
+    }
+    add(static_cast<int64_t>(bytes));
+    return {data, data, &release, device};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override {
+    return &release;
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -43,13 +61,28 @@ class CountingCpuAllocator final : public c10::Allocator {
   struct Allocation {
     c10::DataPtr inner;
     int64_t bytes;
-    CountingCpuAllocator* owner;
   };
 
-  static void release(void* context) {
-    auto* allocation = static_cast<Allocation*>(context);
-    allocation->owner->current_.fetch_sub(allocation->bytes);
-    delete allocation; // frees through the wrapped allocator's deleter
+  static void release(void* data);
+
+  void remove(void* data) {
+    c10::DataPtr inner; // freed through the wrapped allocator's deleter, outside the lock
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const auto it = live_.find(data);
+      if (it != live_.end()) {
+        inner = std::move(it->second.inner);
+        current_.fetch_sub(it->second.bytes);
+        live_.erase(it);
+        return;
+      }
+    }
+    // Not counted: raw memory allocated before this allocator was installed
+    // (oneDNN keeps such buffers and frees them through whichever CPU
+    // allocator is current then).
+    const auto base_deleter = base_->raw_deleter();
+    TORCH_INTERNAL_ASSERT(base_deleter != nullptr, "MemoryMeter: cannot free memory it did not allocate");
+    base_deleter(data);
   }
 
   void add(int64_t bytes) {
@@ -60,6 +93,8 @@ class CountingCpuAllocator final : public c10::Allocator {
   }
 
   c10::Allocator* base_;
+  std::mutex mutex_;
+  std::unordered_map<void*, Allocation> live_;
   std::atomic<int64_t> current_{0};
   std::atomic<int64_t> peak_{0};
 };
@@ -72,6 +107,10 @@ CountingCpuAllocator& counting_cpu_allocator() {
     return counting;
   }();
   return *instance;
+}
+
+void CountingCpuAllocator::release(void* data) {
+  counting_cpu_allocator().remove(data);
 }
 
 int64_t aggregate(const c10::CachingDeviceAllocator::StatArray& stats, bool peak) {

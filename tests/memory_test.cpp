@@ -2,6 +2,8 @@
 
 #include <flora/flora.h>
 
+#include <c10/core/CPUAllocator.h>
+
 namespace {
 
 TEST(MemoryMeter, CountsCpuTensorStorage) {
@@ -46,6 +48,22 @@ TEST(MemoryMeter, MetersShareTheDevicesStatistics) {
   EXPECT_EQ(second.peak_bytes() - start, 4000000);
   second.reset_peak();
   EXPECT_EQ(first.peak_bytes(), start);
+}
+
+// oneDNN (through ideep) allocates with Allocator::raw_allocate, which
+// requires a DataPtr's context to be its data pointer; bfloat16 matrix
+// products on the CPU take that path.
+TEST(MemoryMeter, RawAllocationsAndBfloat16MatrixProductsWork) {
+  flora::MemoryMeter meter(torch::kCPU);
+  const int64_t start = meter.current_bytes();
+  auto* allocator = c10::GetCPUAllocator();
+  void* raw = allocator->raw_allocate(4096);
+  EXPECT_EQ(meter.current_bytes() - start, 4096);
+  allocator->raw_deallocate(raw);
+  EXPECT_EQ(meter.current_bytes(), start);
+  const auto a = torch::randn({64, 64});
+  const auto product = torch::mm(a.to(torch::kBFloat16), a.to(torch::kBFloat16)).to(torch::kFloat);
+  EXPECT_LT((product - torch::mm(a, a)).abs().max().item<double>(), 0.05 * torch::mm(a, a).abs().max().item<double>());
 }
 
 } // namespace

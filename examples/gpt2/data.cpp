@@ -52,11 +52,16 @@ TokenSplit make_split(
     const std::vector<std::string>& train_files,
     const std::string& valid_file,
     double valid_fraction) {
-  TokenSplit split;
   auto train = encode_files(tokenizer, train_files);
-  if (!valid_file.empty()) {
+  auto valid = valid_file.empty() ? torch::Tensor() : encode_files(tokenizer, {valid_file});
+  return split_tokens(train, valid, valid_file, valid_fraction);
+}
+
+TokenSplit split_tokens(torch::Tensor train, torch::Tensor valid, const std::string& valid_file, double valid_fraction) {
+  TokenSplit split;
+  if (valid.defined()) {
     split.train = train;
-    split.valid = encode_files(tokenizer, {valid_file});
+    split.valid = valid;
     split.valid_source = valid_file;
   } else {
     TORCH_CHECK(
@@ -72,6 +77,12 @@ TokenSplit make_split(
   return split;
 }
 
+int64_t min_training_tokens(int64_t block_size, int64_t batch_size) {
+  // At epoch offset block_size - 1, n tokens hold (n - block_size) / block_size
+  // blocks of block_size + 1 tokens.
+  return (batch_size + 1) * block_size;
+}
+
 BatchSampler::BatchSampler(torch::Tensor tokens, int64_t block_size, int64_t batch_size, uint64_t seed)
     : tokens_(tokens.to(torch::kCPU, torch::kLong).contiguous()),
       block_size_(block_size),
@@ -80,9 +91,9 @@ BatchSampler::BatchSampler(torch::Tensor tokens, int64_t block_size, int64_t bat
   TORCH_CHECK(tokens_.dim() == 1, "BatchSampler: tokens must be 1-d");
   TORCH_CHECK(block_size > 0 && batch_size > 0, "BatchSampler: block_size and batch_size must be positive");
   // The worst epoch offset (block_size - 1) must still give a full batch.
-  const int64_t usable = tokens_.numel() - 1 - (block_size - 1);
   TORCH_CHECK(
-      usable / block_size >= batch_size, "the training text is too short: ", tokens_.numel(),
+      tokens_.numel() >= min_training_tokens(block_size, batch_size), "the training text is too short: ",
+      tokens_.numel(),
       " tokens do not give a batch of ", batch_size, " blocks of ", block_size + 1,
       " tokens; lower --block-size or --batch-size, or add text");
 }

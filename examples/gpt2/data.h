@@ -37,6 +37,14 @@ TokenSplit make_split(
     const std::string& valid_file,
     double valid_fraction);
 
+/// make_split of tokens already encoded: `valid` (from `valid_file`) when
+/// it is defined, else the last `valid_fraction` of `train`.
+TokenSplit split_tokens(torch::Tensor train, torch::Tensor valid, const std::string& valid_file, double valid_fraction);
+
+/// The fewest training tokens that give BatchSampler one full batch at any
+/// epoch offset.
+int64_t min_training_tokens(int64_t block_size, int64_t batch_size);
+
 /// Batches of random blocks, epoch after epoch. Each epoch starts the block
 /// grid at a random offset in [0, block_size) (so that successive epochs see
 /// different cuts of the text), takes every block of block_size + 1 tokens

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <unordered_set>
 
 namespace flora::gpt2 {
 namespace {
@@ -28,14 +29,31 @@ int64_t proc_status_kb(const char* key) {
 
 } // namespace
 
-void reset_peak_memory(const torch::Device& device) {
-  MemoryMeter(device).reset_peak();
+int64_t storage_bytes(const std::vector<torch::Tensor>& tensors) {
+  std::unordered_set<const void*> seen;
+  int64_t bytes = 0;
+  for (const auto& t : tensors) {
+    if (t.defined() && t.has_storage() && seen.insert(t.storage().unsafeGetStorageImpl()).second) {
+      bytes += static_cast<int64_t>(t.storage().nbytes());
+    }
+  }
+  return bytes;
 }
 
-PeakMemory peak_memory(const torch::Device& device) {
+RunMemory::RunMemory(const torch::Device& device, const std::vector<torch::Tensor>& parameters)
+    : device_(device), parameter_bytes_(storage_bytes(parameters)) {
+  MemoryMeter meter(device_);
+  meter.reset_peak();
+  baseline_ = meter.current_bytes();
+}
+
+PeakMemory RunMemory::peak() const {
   PeakMemory peak;
-  peak.bytes = MemoryMeter(device).peak_bytes();
-  peak.kind = device.is_cuda() ? "peak CUDA tensor memory" : "peak CPU tensor memory";
+  peak.parameter_bytes = parameter_bytes_;
+  peak.bytes = parameter_bytes_ + (MemoryMeter(device_).peak_bytes() - baseline_);
+  peak.kind = std::string(device_.is_cuda() ? "peak CUDA" : "peak CPU") +
+      " tensor memory, parameters included (parameters + the peak of gradients, activations, optimizer state "
+      "and batches)";
   return peak;
 }
 

@@ -5,9 +5,10 @@
 // held-out loss (dashed, with markers, including the initial evaluation at
 // step 0), with axes, ticks, grid and a legend.
 //
-// loss.svg is written by hand; loss.png is the same picture rasterised here
-// (anti-aliased lines, a built-in 5x7 pixel font) and encoded with libpng.
+// loss_figure() lays the picture out once (figure.h); loss.svg and loss.png
+// are that one description rendered as SVG text and by cairo.
 
+#include "figure.h"
 #include "train.h"
 
 #include <string>
@@ -15,13 +16,15 @@
 
 namespace flora::gpt2 {
 
-/// The SVG document.
-std::string loss_svg(const std::vector<RunResult>& runs);
-/// Writes loss_svg() to `path` (atomically).
+/// The picture, 880 x 540 pixels.
+Figure loss_figure(const std::vector<RunResult>& runs);
+
+/// Writes render_svg(loss_figure(runs)) to `path` (atomically).
 void write_loss_svg(const std::string& path, const std::vector<RunResult>& runs);
-/// True when this build can write PNG (it found libpng).
+/// True when this build can write PNG (it found cairo).
 bool png_supported();
-/// Writes the PNG to `path` (atomically); throws if !png_supported().
+/// Writes render_png(loss_figure(runs)) to `path` (atomically); throws if
+/// !png_supported().
 void write_loss_png(const std::string& path, const std::vector<RunResult>& runs);
 
 } // namespace flora::gpt2

@@ -37,17 +37,20 @@ void print_table(std::FILE* out, const std::vector<RunResult>& runs) {
     width = std::max(width, r.label.size());
   }
   const int w = static_cast<int>(width);
-  std::fprintf(out, "%-*s %11s %10s %9s %12s %13s %9s %9s\n", w, "optimizer", "train loss", "eval loss", "eval ppl",
-               "peak memory", "state bytes", "ms/step", "tokens/s");
+  std::fprintf(out, "%-*s %11s %10s %9s %11s %12s %13s %9s %9s\n", w, "optimizer", "train loss", "eval loss",
+               "eval ppl", "parameters", "peak memory", "state bytes", "ms/step", "tokens/s");
   for (const auto& r : runs) {
-    std::fprintf(out, "%-*s %11.4f %10.4f %9.3f %12s %13lld %9.2f %9.0f\n", w, r.label.c_str(), r.final_train_loss,
-                 r.eval_loss, r.eval_perplexity, format_bytes(r.peak.bytes).c_str(),
-                 static_cast<long long>(r.state_bytes), r.ms_per_step, r.tokens_per_s);
+    std::fprintf(out, "%-*s %11.4f %10.4f %9.3f %11s %12s %13lld %9.2f %9.0f\n", w, r.label.c_str(),
+                 r.final_train_loss, r.eval_loss, r.eval_perplexity, format_bytes(r.peak.parameter_bytes).c_str(),
+                 format_bytes(r.peak.bytes).c_str(), static_cast<long long>(r.state_bytes), r.ms_per_step,
+                 r.tokens_per_s);
   }
   if (runs.empty()) {
     return;
   }
-  std::fprintf(out, "\ntrain loss: mean of the last steps' losses; eval: held-out split at the end; peak memory: %s",
+  std::fprintf(out,
+               "\ntrain loss: mean of the last steps' losses; eval: held-out split at the end; parameters: their "
+               "bytes; peak memory: %s",
                runs.front().peak.kind.c_str());
   if (runs.size() > 1) {
     std::fprintf(out, ", measured per run");
@@ -82,12 +85,12 @@ void write_metrics_csv(const std::string& path, const std::vector<RunResult>& ru
 
 void write_summary_csv(const std::string& path, const std::vector<RunResult>& runs) {
   std::ostringstream out;
-  out << "optimizer,label,steps,initial_eval_loss,final_train_loss,eval_loss,eval_perplexity,peak_memory_bytes,"
-         "peak_memory_kind,optimizer_state_bytes,ms_per_step,tokens_per_s,train_seconds,failure\n";
+  out << "optimizer,label,steps,initial_eval_loss,final_train_loss,eval_loss,eval_perplexity,parameter_bytes,"
+         "peak_memory_bytes,peak_memory_kind,optimizer_state_bytes,ms_per_step,tokens_per_s,train_seconds,failure\n";
   for (const auto& r : runs) {
     out << csv_field(r.name) << ',' << csv_field(r.label) << ',' << r.records.size() << ','
         << num(r.initial_eval_loss) << ',' << num(r.final_train_loss) << ',' << num(r.eval_loss) << ','
-        << num(r.eval_perplexity) << ',' << r.peak.bytes << ',' << csv_field(r.peak.kind) << ',' << r.state_bytes
+        << num(r.eval_perplexity) << ',' << r.peak.parameter_bytes << ',' << r.peak.bytes << ',' << csv_field(r.peak.kind) << ',' << r.state_bytes
         << ',' << num(r.ms_per_step, "%.4f") << ',' << num(r.tokens_per_s, "%.1f") << ','
         << num(r.train_seconds, "%.3f") << ',' << csv_field(r.failure) << '\n';
   }

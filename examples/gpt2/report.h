@@ -12,10 +12,10 @@
 
 namespace flora::gpt2 {
 
-/// The table: optimizer, final train loss, eval loss, eval perplexity, peak
-/// memory, optimizer-state bytes, ms per step, tokens/s; then what the
-/// memory column measures and each run's state bytes relative to the first
-/// run's.
+/// The table: optimizer, final train loss, eval loss, eval perplexity,
+/// parameter bytes, peak memory (parameters included), optimizer-state
+/// bytes, ms per step, tokens/s; then what the memory column measures and
+/// each run's state bytes relative to the first run's.
 void print_table(std::FILE* out, const std::vector<RunResult>& runs);
 
 /// metrics.csv: optimizer,label,step,train_loss,eval_loss,lr,elapsed_s.

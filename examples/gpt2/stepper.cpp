@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <sstream>
 
 namespace flora::gpt2 {
@@ -14,6 +15,37 @@ std::string number(double v) {
   std::ostringstream out;
   out << v;
   return out.str();
+}
+
+// torch's Adam and AdamW create their moments lazily, in the parameter's
+// dtype; for bfloat16 parameters they are created here in float32 instead,
+// as Flora keeps its own (the update is then computed in float32 and
+// rounded once into the parameter). Both look a parameter's state up by its
+// TensorImpl, and create none where one exists.
+void float32_adam_states(torch::optim::Optimizer& optimizer) {
+  const bool adamw = dynamic_cast<torch::optim::AdamW*>(&optimizer) != nullptr;
+  if (!adamw && dynamic_cast<torch::optim::Adam*>(&optimizer) == nullptr) {
+    return;
+  }
+  for (auto& group : optimizer.param_groups()) {
+    for (const auto& p : group.params()) {
+      if (p.scalar_type() == torch::kFloat || !at::isFloatingType(p.scalar_type())) {
+        continue;
+      }
+      auto zeros = [&] { return torch::zeros_like(p, torch::TensorOptions().dtype(torch::kFloat)); };
+      std::unique_ptr<torch::optim::OptimizerParamState> state;
+      if (adamw) {
+        auto s = std::make_unique<torch::optim::AdamWParamState>();
+        s->step(0).exp_avg(zeros()).exp_avg_sq(zeros());
+        state = std::move(s);
+      } else {
+        auto s = std::make_unique<torch::optim::AdamParamState>();
+        s->step(0).exp_avg(zeros()).exp_avg_sq(zeros());
+        state = std::move(s);
+      }
+      optimizer.state()[p.unsafeGetTensorImpl()] = std::move(state);
+    }
+  }
 }
 
 /// Gradients summed by autograd in .grad, then one optimizer.step().
@@ -142,16 +174,29 @@ ProjectionMode parse_projection(const std::string& name) {
   TORCH_CHECK(false, "--projection must be philox or reference, got '", name, "'");
 }
 
+FloraOptions flora_options(const OptimizerSpec& spec) {
+  FloraOptions options(spec.lr);
+  options.rank(spec.rank)
+      .kappa(spec.kappa)
+      .beta1(spec.beta1)
+      .seed(spec.seed)
+      .projection(spec.projection)
+      .weight_decay(spec.weight_decay)
+      .quantization(spec.quantization == "8bit");
+  return options;
+}
+
+// Only what is the example's own; Flora's options are flora::validate's,
+// and torch's Adam checks its own (but accepts lr = 0 and a NaN weight
+// decay, which are refused here).
 void validate(const OptimizerSpec& spec) {
   TORCH_CHECK(
       spec.name == "adam" || spec.name == "adamw" || spec.name == "flora", "unknown optimizer '", spec.name,
       "' (expected adam, adamw or flora)");
-  TORCH_CHECK(spec.lr > 0, "--lr must be positive, got ", spec.lr);
-  TORCH_CHECK(spec.weight_decay >= 0, "--weight-decay must be >= 0, got ", spec.weight_decay);
   const bool flora = spec.name == "flora";
   TORCH_CHECK(
-      spec.quantization == "none" || spec.quantization.empty() || spec.quantization == "8bit",
-      "--quantization must be none or 8bit, got '", spec.quantization, "'");
+      spec.quantization == "none" || spec.quantization == "8bit", "--quantization must be none or 8bit, got '",
+      spec.quantization, "'");
   TORCH_CHECK(
       flora || spec.quantization != "8bit", "--quantization 8bit applies to flora only, not ", spec.name);
   TORCH_CHECK(flora || !spec.fused_backward, "--fused-backward applies to flora only, not ", spec.name);
@@ -161,10 +206,12 @@ void validate(const OptimizerSpec& spec) {
       spec.accumulation_rank == 0 || spec.micro_batches > 1, "--accumulation-rank ", spec.accumulation_rank,
       " needs --grad-accum > 1: with one micro-batch there is nothing to accumulate");
   if (flora) {
-    TORCH_CHECK(!spec.rank || *spec.rank > 0, "--rank must be positive, got ", *spec.rank);
-    TORCH_CHECK(spec.kappa > 0, "--kappa must be positive, got ", spec.kappa);
+    flora::validate(flora_options(spec), "flora");
+  } else {
+    TORCH_CHECK(std::isfinite(spec.lr) && spec.lr > 0, spec.name, ": lr must be positive and finite, got ", spec.lr);
     TORCH_CHECK(
-        !spec.beta1 || (*spec.beta1 >= 0 && *spec.beta1 < 1), "--beta1 must be in [0, 1), got ", *spec.beta1);
+        std::isfinite(spec.weight_decay) && spec.weight_decay >= 0, spec.name,
+        ": weight_decay must be non-negative and finite, got ", spec.weight_decay);
   }
 }
 
@@ -184,19 +231,13 @@ std::unique_ptr<TrainStepper> make_stepper(const OptimizerSpec& spec, const std:
                     .eps(spec.adam_eps)
                     .weight_decay(spec.weight_decay));
   } else {
-    FloraOptions options(spec.lr);
-    options.rank(spec.rank)
-        .kappa(spec.kappa)
-        .beta1(spec.beta1)
-        .seed(spec.seed)
-        .projection(spec.projection)
-        .weight_decay(spec.weight_decay)
-        .quantization(spec.quantization == "8bit");
+    const auto options = flora_options(spec);
     if (spec.fused_backward) {
       return std::make_unique<FusedStepper>(spec, std::make_unique<Flora>(params, options));
     }
     optimizer = std::make_unique<Flora>(params, options);
   }
+  float32_adam_states(*optimizer);
   if (spec.accumulation_rank > 0) {
     return std::make_unique<AccumulatingStepper>(spec, std::move(optimizer), params);
   }

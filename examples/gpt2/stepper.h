@@ -63,8 +63,11 @@ struct OptimizerSpec {
 };
 
 /// Throws c10::Error with a clear message for unknown names, bad values and
-/// modes that do not apply.
+/// modes that do not apply. Flora's options are checked by flora::validate.
 void validate(const OptimizerSpec& spec);
+
+/// The flora::FloraOptions of a flora spec.
+FloraOptions flora_options(const OptimizerSpec& spec);
 
 class TrainStepper {
  public:
@@ -95,7 +98,10 @@ class TrainStepper {
   OptimizerSpec spec_;
 };
 
-/// Validates `spec` and builds its stepper over `params`.
+/// Validates `spec` and builds its stepper over `params`. Optimizer states
+/// are float32 (or 8-bit) whatever the parameters' dtype: Flora keeps them
+/// so, and for Adam/AdamW over bfloat16 parameters they are created in
+/// float32 before the first step.
 std::unique_ptr<TrainStepper> make_stepper(const OptimizerSpec& spec, const std::vector<torch::Tensor>& params);
 
 /// Parses "philox" / "reference".

@@ -1,7 +1,7 @@
 #include "tokenizer.h"
 
 #include "file_io.h"
-#include "unicode_tables.h"
+#include "pretokenizer.h"
 
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
@@ -13,88 +13,7 @@
 namespace flora::gpt2 {
 namespace {
 
-// ---- Unicode classes --------------------------------------------------
-
-template <size_t N>
-bool in_ranges(const unicode::CodePointRange (&ranges)[N], uint32_t cp) {
-  const auto* end = ranges + N;
-  const auto* it = std::upper_bound(
-      ranges, end, cp, [](uint32_t value, const unicode::CodePointRange& r) { return value < r.lo; });
-  return it != ranges && cp <= (it - 1)->hi;
-}
-
-enum class CharClass { letter, number, space, other };
-
-CharClass classify(uint32_t cp) {
-  if (cp < 0x80) {
-    if ((cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z')) {
-      return CharClass::letter;
-    }
-    if (cp >= '0' && cp <= '9') {
-      return CharClass::number;
-    }
-    if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D)) {
-      return CharClass::space;
-    }
-    return CharClass::other;
-  }
-  if (in_ranges(unicode::kLetterRanges, cp)) {
-    return CharClass::letter;
-  }
-  if (in_ranges(unicode::kNumberRanges, cp)) {
-    return CharClass::number;
-  }
-  if (in_ranges(unicode::kSpaceRanges, cp)) {
-    return CharClass::space;
-  }
-  return CharClass::other;
-}
-
 // ---- UTF-8 --------------------------------------------------------------
-
-struct CodePoint {
-  uint32_t cp;
-  size_t offset; // of its first byte
-};
-
-// Strict decoding: overlong forms, surrogates and values above U+10FFFF are
-// errors, as in Python's str.decode("utf-8").
-std::vector<CodePoint> decode_utf8_strict(std::string_view s) {
-  std::vector<CodePoint> out;
-  out.reserve(s.size());
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto b0 = static_cast<unsigned char>(s[i]);
-    uint32_t cp = 0;
-    size_t len = 0;
-    uint32_t min = 0;
-    if (b0 < 0x80) {
-      out.push_back({b0, i});
-      ++i;
-      continue;
-    } else if ((b0 & 0xE0) == 0xC0) {
-      cp = b0 & 0x1F, len = 2, min = 0x80;
-    } else if ((b0 & 0xF0) == 0xE0) {
-      cp = b0 & 0x0F, len = 3, min = 0x800;
-    } else if ((b0 & 0xF8) == 0xF0) {
-      cp = b0 & 0x07, len = 4, min = 0x10000;
-    } else {
-      TORCH_CHECK(false, "tokenizer: invalid UTF-8 at byte offset ", i);
-    }
-    TORCH_CHECK(i + len <= s.size(), "tokenizer: truncated UTF-8 sequence at byte offset ", i);
-    for (size_t k = 1; k < len; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      TORCH_CHECK((b & 0xC0) == 0x80, "tokenizer: invalid UTF-8 at byte offset ", i + k);
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    TORCH_CHECK(
-        cp >= min && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF), "tokenizer: invalid UTF-8 at byte offset ",
-        i);
-    out.push_back({cp, i});
-    i += len;
-  }
-  return out;
-}
 
 void append_utf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -324,69 +243,8 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
 }
 
 std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) {
-  const auto cps = decode_utf8_strict(text);
-  const size_t n = cps.size();
-  std::vector<CharClass> cls(n);
-  for (size_t i = 0; i < n; ++i) {
-    cls[i] = classify(cps[i].cp);
-  }
-  std::vector<std::string> pieces;
-  auto emit = [&](size_t begin, size_t end) {
-    const size_t b = cps[begin].offset;
-    const size_t e = end < n ? cps[end].offset : text.size();
-    pieces.emplace_back(text.substr(b, e - b));
-  };
-  auto run_end = [&](size_t from, CharClass c) {
-    while (from < n && cls[from] == c) {
-      ++from;
-    }
-    return from;
-  };
-  size_t i = 0;
-  while (i < n) {
-    const uint32_t c = cps[i].cp;
-    // 's|'t|'re|'ve|'m|'ll|'d
-    if (c == '\'' && i + 1 < n) {
-      const uint32_t c1 = cps[i + 1].cp;
-      const uint32_t c2 = i + 2 < n ? cps[i + 2].cp : 0;
-      size_t len = 0;
-      if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
-        len = 2;
-      } else if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) {
-        len = 3;
-      }
-      if (len > 0) {
-        emit(i, i + len);
-        i += len;
-        continue;
-      }
-    }
-    // ' ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+': an optional space, then a run
-    // of one class.
-    if (c == ' ' && i + 1 < n && cls[i + 1] != CharClass::space) {
-      const size_t end = run_end(i + 1, cls[i + 1]);
-      emit(i, end);
-      i = end;
-      continue;
-    }
-    if (cls[i] != CharClass::space) {
-      const size_t end = run_end(i, cls[i]);
-      emit(i, end);
-      i = end;
-      continue;
-    }
-    // '\s+(?!\S)|\s+': a run of white space, leaving its last character for
-    // the next piece when a non-space follows (so " word" keeps its space).
-    const size_t end = run_end(i, CharClass::space);
-    if (end < n && end - i >= 2) {
-      emit(i, end - 1);
-      i = end - 1;
-    } else {
-      emit(i, end);
-      i = end;
-    }
-  }
-  return pieces;
+  const auto views = pre_tokenize_views(text);
+  return std::vector<std::string>(views.begin(), views.end());
 }
 
 void Tokenizer::bpe(const std::string& piece, std::vector<int64_t>& out) const {
@@ -451,8 +309,8 @@ void Tokenizer::bpe(const std::string& piece, std::vector<int64_t>& out) const {
 }
 
 void Tokenizer::encode_ordinary(std::string_view text, std::vector<int64_t>& out) const {
-  for (const auto& piece : pre_tokenize(text)) {
-    bpe(piece, out);
+  for (const auto piece : pre_tokenize_views(text)) {
+    bpe(std::string(piece), out);
   }
 }
 
@@ -493,10 +351,20 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
       bytes += token;
       continue;
     }
-    for (const auto& cp : decode_utf8_strict(token)) {
-      const int b = cp.cp < map.byte_of.size() ? map.byte_of[cp.cp] : -1;
-      TORCH_CHECK(b >= 0, "tokenizer: token ", id, " ('", token, "') is not byte-level (character U+", cp.cp, ")");
+    // A byte-level token is a string of the 256 byte symbols, all of them
+    // code points below 0x200: one or two UTF-8 bytes each.
+    for (size_t i = 0; i < token.size();) {
+      const auto b0 = static_cast<unsigned char>(token[i]);
+      uint32_t cp = b0;
+      size_t len = 1;
+      if ((b0 & 0xE0) == 0xC0 && i + 1 < token.size() && (static_cast<unsigned char>(token[i + 1]) & 0xC0) == 0x80) {
+        cp = ((b0 & 0x1Fu) << 6) | (static_cast<unsigned char>(token[i + 1]) & 0x3Fu);
+        len = 2;
+      }
+      const int b = (b0 < 0x80 || len == 2) && cp < map.byte_of.size() ? map.byte_of[cp] : -1;
+      TORCH_CHECK(b >= 0, "tokenizer: token ", id, " ('", token, "') is not byte-level (at byte ", i, ")");
       bytes.push_back(static_cast<char>(b));
+      i += len;
     }
   }
   return sanitize_utf8(bytes);

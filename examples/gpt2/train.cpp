@@ -94,7 +94,7 @@ RunResult train(
   BatchSampler sampler(split.train, options.block_size, options.batch_size, options.seed);
   const auto [eval_x, eval_y] = eval_blocks(split.valid, options.block_size, options.eval_max_blocks);
 
-  reset_peak_memory(device);
+  const RunMemory memory(device, model->parameters());
   OptimizerSpec step_spec = spec;
   step_spec.micro_batches = options.grad_accum;
   auto stepper = make_stepper(step_spec, model->parameters());
@@ -154,7 +154,7 @@ RunResult train(
     result.records.push_back(record);
 
     if ((options.log_every > 0 && step % options.log_every == 0) || step == options.steps) {
-      const auto peak = peak_memory(device);
+      const auto peak = memory.peak();
       char eval_text[48] = "";
       if (do_eval) {
         std::snprintf(eval_text, sizeof(eval_text), "  eval %.4f (ppl %.2f)", record.eval_loss,
@@ -171,7 +171,7 @@ RunResult train(
     }
   }
   synchronize(device);
-  result.peak = peak_memory(device);
+  result.peak = memory.peak();
   result.state_bytes = stepper->state_bytes();
   result.train_seconds = train_seconds;
   const auto done = static_cast<int64_t>(result.records.size());

@@ -107,12 +107,50 @@ TEST(Gpt2Tokenizer, DecodeReplacesInvalidUtf8LikePython) {
   EXPECT_EQ(tok.decode({id_of_byte(0xED), id_of_byte(0xA0), id_of_byte(0x80)}), "\uFFFD\uFFFD\uFFFD");
 }
 
+// Invalid UTF-8 is an error naming the offset of the first bad byte, in
+// encode() and pre_tokenize() alike, wherever it sits in the text.
+TEST(Gpt2Tokenizer, RejectsInvalidUtf8AtItsOffset) {
+  const auto& tok = tiny_tokenizer();
+  const std::string before = "A na\u00efve caf\u00e9 \u6771\u4eac ";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"\x80", "lone continuation byte"},
+      {"\xff", "0xff"},
+      {"\xc3(", "lead byte before ASCII"},
+      {"\xc0\xaf", "overlong '/'"},
+      {"\xed\xa0\x80", "surrogate U+D800"},
+      {"\xf4\x90\x80\x80", "above U+10FFFF"},
+      {"\xe6\x9d", "truncated at the end"},
+  };
+  for (const auto& [bytes, what] : bad) {
+    for (const std::string& prefix : {std::string(), before}) {
+      const std::string text = prefix + bytes + (what == "truncated at the end" ? "" : " and more text");
+      const std::string want = "invalid UTF-8 at byte offset " + std::to_string(prefix.size()) + ":";
+      expect_error([&] { tok.encode(text); }, want);
+      expect_error([&] { Tokenizer::pre_tokenize(text); }, want);
+    }
+  }
+}
+
+// The pieces tile the text, also for long runs of one class (the regex
+// backtracks over a run of white space).
+TEST(Gpt2Tokenizer, PiecesCoverTheText) {
+  const std::string corpus = read_file(testing::example_file("data/valid.txt"));
+  std::string joined;
+  for (const auto& piece : Tokenizer::pre_tokenize(corpus)) {
+    joined += piece;
+  }
+  EXPECT_EQ(joined, corpus);
+  const std::string spaces(1 << 20, ' ');
+  using V = std::vector<std::string>;
+  EXPECT_EQ(Tokenizer::pre_tokenize(spaces + "x"), (V{spaces.substr(1), " x"}));
+  EXPECT_EQ(Tokenizer::pre_tokenize(std::string(1 << 20, 'a')).size(), 1u);
+  EXPECT_EQ(Tokenizer::pre_tokenize(std::string(1 << 20, '!')).size(), 1u);
+}
+
 TEST(Gpt2Tokenizer, Errors) {
   const auto& tok = tiny_tokenizer();
   expect_error([&] { tok.decode({512}); }, "unknown id 512");
   expect_error([&] { tok.decode({-1}); }, "unknown id -1");
-  expect_error([&] { tok.encode(std::string("ab\xff", 3)); }, "invalid UTF-8 at byte offset 2");
-  expect_error([&] { tok.encode(std::string("\xe6\x9d", 2)); }, "truncated UTF-8");
   testing::TempDir dir;
   write_file_atomic(dir.file("vocab.json"), "{\"a\": 0, \"b\": 1}");
   write_file_atomic(dir.file("merges.txt"), "#version: 0.2\na b c\n");

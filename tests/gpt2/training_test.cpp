@@ -121,7 +121,19 @@ TEST(Gpt2Train, StepperValidatesOptions) {
   expect_error([&] { make_stepper(spec, {p}); }, "--accumulation-rank 8 needs --grad-accum > 1");
   spec.accumulation_rank = 0;
   spec.lr = -1;
-  expect_error([&] { make_stepper(spec, {p}); }, "--lr must be positive");
+  expect_error([&] { make_stepper(spec, {p}); }, "flora: lr must be positive and finite, got -1");
+  // Flora's own rules are flora::validate's, named as it names them.
+  spec.lr = 0.1;
+  spec.rank = -3;
+  expect_error([&] { make_stepper(spec, {p}); }, "flora: rank must be positive when given, got -3");
+  spec.rank = 32;
+  spec.kappa = 0;
+  expect_error([&] { make_stepper(spec, {p}); }, "flora: kappa must be positive, got 0");
+  spec.kappa = 1000;
+  spec.name = "adamw";
+  spec.lr = 0;
+  expect_error([&] { make_stepper(spec, {p}); }, "adamw: lr must be positive and finite, got 0");
+  spec.name = "flora";
   spec.lr = 0.1;
   EXPECT_EQ(spec.label(), "flora(lr=0.1,rank=32,kappa=1000,b1=0.9)");
   auto stepper = make_stepper(spec, {p});
@@ -310,19 +322,113 @@ TEST(Gpt2Train, ADivergingRunStopsWithAReasonInsteadOfThrowing) {
   EXPECT_TRUE(std::isnan(r.eval_loss));
 }
 
-TEST(Gpt2Memory, ReportsPeakTensorMemory) {
+TEST(Gpt2Memory, PeakCountsTheParameters) {
   const torch::Device cpu(torch::kCPU);
-  reset_peak_memory(cpu);
-  const int64_t before = peak_memory(cpu).bytes;
+  const std::vector<torch::Tensor> params = {torch::zeros({1000}), torch::zeros({10, 10}, torch::kBFloat16)};
+  const RunMemory memory(cpu, params);
   {
     auto t = torch::empty({1 << 20}); // 4 MiB, freed at once
   }
-  const auto peak = peak_memory(cpu);
-  EXPECT_EQ(peak.bytes - before, 4 << 20);
-  EXPECT_NE(peak.kind.find("peak CPU tensor memory"), std::string::npos);
+  const auto peak = memory.peak();
+  EXPECT_EQ(peak.parameter_bytes, 4000 + 200);
+  EXPECT_EQ(peak.bytes, 4000 + 200 + (4 << 20));
+  EXPECT_NE(peak.kind.find("parameters included"), std::string::npos);
+  EXPECT_EQ(storage_bytes({params[0], params[0].view({10, 100})}), 4000); // one storage, counted once
   EXPECT_GT(current_rss_bytes(), 0);
   EXPECT_EQ(format_bytes(1536), "1.5 KiB");
   EXPECT_EQ(format_bytes(-1), "n/a");
+}
+
+// A run's peak holds at least its parameters, their gradients and the
+// optimizer state (all alive at the end of a step), whatever was allocated
+// before the run.
+TEST(Gpt2Memory, RunPeakHoldsParametersGradientsAndState) {
+  TrainOptions options;
+  options.steps = 2;
+  options.batch_size = 4;
+  options.block_size = 16;
+  options.warmup_steps = 0;
+  options.eval_every = 0;
+  options.eval_max_blocks = 2;
+  options.log_every = 0;
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    auto model = load_pretrained(testing::tiny_model_dir(), dtype);
+    int64_t numel = 0;
+    for (const auto& p : model->parameters()) {
+      numel += p.numel();
+    }
+    OptimizerSpec spec; // adam
+    const auto r = train(model, corpus(), spec, options, torch::kCPU);
+    ASSERT_TRUE(r.failure.empty()) << r.failure;
+    EXPECT_EQ(r.peak.parameter_bytes, numel * static_cast<int64_t>(c10::elementSize(dtype)));
+    EXPECT_GE(r.peak.bytes, 2 * r.peak.parameter_bytes + r.state_bytes);
+  }
+}
+
+// bfloat16 parameters, activations and gradients; optimizer states in
+// float32 (Adam, AdamW, Flora) or 8-bit; the loss goes down.
+TEST(Gpt2Train, Bfloat16Trains) {
+  TrainOptions options;
+  options.steps = 20;
+  options.batch_size = 8;
+  options.block_size = 32;
+  options.warmup_steps = 2;
+  options.eval_every = 0;
+  options.eval_max_blocks = 16;
+  options.log_every = 0;
+  options.final_loss_window = 5;
+  for (const char* name : {"adam", "flora"}) {
+    OptimizerSpec spec;
+    spec.name = name;
+    spec.lr = spec.name == "flora" ? 0.3 : 3e-3;
+    spec.rank = 16;
+    auto model = load_pretrained(testing::tiny_model_dir(), torch::kBFloat16);
+    const auto r = train(model, corpus(), spec, options, torch::kCPU);
+    ASSERT_TRUE(r.failure.empty()) << r.failure;
+    double first = 0;
+    for (int i = 0; i < 5; ++i) {
+      first += r.records[i].train_loss / 5;
+    }
+    EXPECT_LT(r.final_train_loss, first - 0.3) << name;
+    EXPECT_LT(r.eval_loss, r.initial_eval_loss - 0.3) << name;
+    for (const auto& p : model->parameters()) {
+      EXPECT_EQ(p.scalar_type(), torch::kBFloat16);
+    }
+  }
+  // Gradients in bfloat16; optimizer states as big as for float32
+  // parameters (float32), for every optimizer, and Adam's tensors float32.
+  for (const char* name : {"adam", "adamw", "flora"}) {
+    int64_t state_bytes[2] = {0, 0};
+    for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      auto model = load_pretrained(testing::tiny_model_dir(), dtype);
+      OptimizerSpec spec;
+      spec.name = name;
+      spec.lr = 1e-3;
+      spec.rank = 8;
+      auto stepper = make_stepper(spec, model->parameters());
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+      stepper->begin_step();
+      stepper->backward(model->loss(torch::randint(0, 512, {2, 16}, gen), torch::randint(0, 512, {2, 16}, gen)), true);
+      for (const auto& p : model->parameters()) {
+        ASSERT_EQ(p.grad().scalar_type(), dtype);
+      }
+      const auto before = model->transformer->wte->weight.detach().clone();
+      stepper->finish_step();
+      EXPECT_FALSE(torch::equal(before, model->transformer->wte->weight)) << name << ": the step changed nothing";
+      state_bytes[dtype == torch::kBFloat16] = stepper->state_bytes();
+      for (const auto& [key, state] : stepper->optimizer().state()) {
+        if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(state.get())) {
+          EXPECT_EQ(adam->exp_avg().scalar_type(), torch::kFloat);
+          EXPECT_EQ(adam->exp_avg_sq().scalar_type(), torch::kFloat);
+        } else if (const auto* adamw = dynamic_cast<const torch::optim::AdamWParamState*>(state.get())) {
+          EXPECT_EQ(adamw->exp_avg().scalar_type(), torch::kFloat);
+          EXPECT_EQ(adamw->exp_avg_sq().scalar_type(), torch::kFloat);
+        }
+      }
+    }
+    EXPECT_GT(state_bytes[0], 0) << name;
+    EXPECT_EQ(state_bytes[1], state_bytes[0]) << name;
+  }
 }
 
 } // namespace
