@@ -185,23 +185,26 @@ __global__ void __launch_bounds__(kThreads) gradient_tile_sums_kernel(
 }
 
 // Chunk 0 of a parameter: its sum p^2 and flag; chunk c > 0: row and column
-// sums (kThreads outputs per chunk), each adding its partials in order.
+// sums (kThreads outputs per chunk), each adding its partials in order, in
+// double (a column of a tall matrix has thousands of band partials).
 __global__ void __launch_bounds__(kThreads) gradient_sums_reduce_kernel(
     const __grid_constant__ SumsTable table, const float* __restrict__ parts, const float* __restrict__ chunk_part,
     const float* __restrict__ flag_part, float* __restrict__ sums, float* __restrict__ flags) {
-  __shared__ float reduce[kWarps];
+  __shared__ double reduce[kWarps];
+  __shared__ float reduce_flag[kWarps];
   const BlockChunk at = block_chunk(table);
   const SumsTensor& d = table.tensor[at.entry];
   if (at.chunk == 0) {
-    float psq = 0.f, bad = 0.f;
+    double psq = 0.0;
+    float bad = 0.f;
     block_stride(0, d.chunks, [&](int64_t c) {
       psq += chunk_part[d.first_slot + c];
       bad = fmaxf(bad, flag_part[d.first_slot + c]);
     });
     psq = block_sum(psq, reduce);
-    bad = block_max(bad, reduce);
+    bad = block_max(bad, reduce_flag);
     if (threadIdx.x == 0) {
-      sums[at.index] = psq;
+      sums[at.index] = static_cast<float>(psq);
       flags[at.index] = bad > 0.f ? 1.f : 0.f;
     }
     return;
@@ -209,29 +212,41 @@ __global__ void __launch_bounds__(kThreads) gradient_sums_reduce_kernel(
   const int64_t o = (at.chunk - 1) * kThreads + threadIdx.x;
   if (o < d.rows) {
     const float* part = parts + d.row_part + o * d.col_bands * d.row_warps;
-    float s = 0.f;
+    double s = 0.0;
     for (int64_t k = 0; k < static_cast<int64_t>(d.col_bands) * d.row_warps; ++k) {
-      s = __fadd_rn(s, part[k]);
+      s += part[k];
     }
-    sums[d.row_offset + o] = s;
+    sums[d.row_offset + o] = static_cast<float>(s);
   } else if (o < d.rows + d.cols) {
     const int64_t c = o - d.rows;
-    float s = 0.f;
+    double s = 0.0;
     for (int64_t band = 0; band < d.row_bands; ++band) {
-      s = __fadd_rn(s, parts[d.col_part + band * d.cols + c]);
+      s += parts[d.col_part + band * d.cols + c];
     }
-    sums[d.col_offset + c] = s;
+    sums[d.col_offset + c] = static_cast<float>(s);
   }
 }
 
-// Threads along a row: enough for the row's quads, a power of two.
+// Threads along a row (a power of two, so that they tile the block): for
+// narrow rows the fewest that cover a row's quads; for rows of 32 quads or
+// more, whole warps, as many as leave the fewest threads past the row's end
+// (768 columns: 64 threads, 3 tiles across, none idle).
 int32_t threads_per_row(int64_t cols) {
-  const int64_t quads = (cols + 3) / 4;
-  int32_t tx = 1;
-  while (tx < kThreads && tx < quads) {
-    tx *= 2;
+  const int64_t quads = ceil_div(cols, 4);
+  if (quads < 32) {
+    int32_t tx = 1;
+    while (tx < quads) {
+      tx *= 2;
+    }
+    return tx;
   }
-  return tx;
+  int32_t best = kThreads;
+  for (int32_t tx = kThreads; tx >= 32; tx /= 2) {
+    if (ceil_div(quads, tx) * tx - quads < ceil_div(quads, best) * best - quads) {
+      best = tx;
+    }
+  }
+  return best;
 }
 
 void gradient_sums_cuda(at::TensorList params, at::TensorList grads, bool factored, at::Tensor& flags, at::Tensor& sums) {

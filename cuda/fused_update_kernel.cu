@@ -165,17 +165,17 @@ static_assert(within_param_limit<CoefficientTable>(sizeof(CoefficientArgs)), "ke
 
 __global__ void __launch_bounds__(kThreads) fused_step_coefficients_kernel(
     const __grid_constant__ CoefficientTable table, const __grid_constant__ CoefficientArgs args) {
-  __shared__ float reduce[kWarps];
+  __shared__ double reduce[kWarps];
   const BlockChunk at = block_chunk(table);
   const CoefficientTensor& d = table.tensor[at.entry];
-  float s = 0.f;
+  double s = 0.0; // the CPU adds its chunk partials in double too
   block_stride(0, d.chunks, [&](int64_t c) { s += args.partial[d.first_slot + c]; });
   s = block_sum(s, reduce);
   if (threadIdx.x == 0) {
     const double base =
         detail::base_step_size(d.step.get(), learning_rate(args.lr_tensor, args.hyper.lr), args.hyper);
     const auto c = detail::write_coefficients(args.sums[at.index], s, d.numel, base, args.hyper);
-    args.sums[args.count + at.index] = s;
+    args.sums[args.count + at.index] = static_cast<float>(s);
     args.out[at.index] = Coefficients{static_cast<float>(c.keep), static_cast<float>(c.scale)};
     *d.rms = static_cast<float>(c.param_rms);
   }
