@@ -422,6 +422,7 @@ TEST_F(CudaFusedOps, AlignmentAndRepetitionChangeNoBit) {
           EXPECT_TRUE(torch::equal(other->rms[i], aligned.rms[i])) << where << " rms " << i;
           if (!factored) {
             EXPECT_TRUE(torch::equal(other->second[i], aligned.second[i])) << where << " second " << i;
+            EXPECT_TRUE(torch::equal(other->second_absmax[i], aligned.second_absmax[i])) << where << " second absmax " << i;
           }
         }
       }
@@ -572,7 +573,7 @@ TEST_F(CudaFusedOps, GatherAndScatterMomentsMatchCpu) {
 TEST_F(CudaFusedOps, AdvanceCountersAndKeepUnlessResampledMatchCpu) {
   FLORA_REQUIRE_CUDA();
   Tensors cpu;
-  for (int64_t i = 0; i < 70; ++i) { // more than one launch's table
+  for (int64_t i = 0; i < 300; ++i) { // more than one launch's table
     cpu.push_back(torch::tensor({i % 9, 1000 * i - 3, int64_t{0}}, torch::kLong));
   }
   auto gpu = copy_to(cpu, torch::kCUDA);
