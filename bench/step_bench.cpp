@@ -17,14 +17,14 @@
 // or more, on a CPU most are a pass over memory), state_MB (optimizer state),
 // params_M.
 
+#include "aten_calls.h"
+#include "fused_adamw.h"
+#include "gemm_floor.h"
 #include "workload.h"
 
 #include <flora/flora.h>
 
-#include <ATen/record_function.h>
 #include <benchmark/benchmark.h>
-
-#include <atomic>
 
 namespace {
 
@@ -46,40 +46,12 @@ const char* workload_name(int which) {
   return names[which];
 }
 
-// Dispatcher calls while alive (all threads, nested calls included).
-class AtenCallCounter {
- public:
-  AtenCallCounter() {
-    count_ = 0;
-    handle_ = at::addGlobalCallback(
-        at::RecordFunctionCallback([](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
-          ++count_;
-          return nullptr;
-        }).scopes({at::RecordScope::FUNCTION}));
-  }
-  ~AtenCallCounter() {
-    at::removeCallback(handle_);
-  }
-  int64_t count() const {
-    return count_.load();
-  }
-
- private:
-  static inline std::atomic<int64_t> count_{0};
-  at::CallbackHandle handle_;
-};
-
 // Runs `step` (after one warm-up step that allocates state), timing each
 // call, and reports the dispatcher calls of one step.
 template <typename Step>
 void time_steps(benchmark::State& state, int which, Step&& step) {
   step();
-  int64_t calls = 0;
-  {
-    AtenCallCounter counter;
-    step();
-    calls = counter.count();
-  }
+  const int64_t calls = flora::bench::aten_calls_of(step);
   for (auto _ : state) {
     step();
   }
@@ -104,25 +76,14 @@ void Adam(benchmark::State& state) {
   run(state, [](auto& params) { return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(1e-4)); });
 }
 
-// LibTorch's fused AdamW kernel over all parameters in one call, with the
-// step counts advanced as torch.optim.AdamW(fused=True) advances them.
+// LibTorch's fused AdamW kernel over all parameters in one call (fused_adamw.h).
 void FusedAdamW(benchmark::State& state) {
   const int which = static_cast<int>(state.range(0));
   const auto shapes = workload(which);
   auto params = flora::bench::make_parameters(shapes);
-  std::vector<torch::Tensor> grads, exp_avgs, exp_avg_sqs, steps;
-  for (const auto& p : params) {
-    grads.push_back(p.grad());
-    exp_avgs.push_back(torch::zeros_like(p));
-    exp_avg_sqs.push_back(torch::zeros_like(p));
-    steps.push_back(torch::zeros({}, torch::kFloat));
-  }
-  torch::NoGradGuard no_grad;
-  time_steps(state, which, [&] {
-    torch::_foreach_add_(steps, 1.0);
-    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, 1e-4, 0.9, 0.999, 0.01, 1e-8, false, false);
-  });
-  state.counters["state_MB"] = 2.0 * 4.0 * static_cast<double>(flora::bench::numel(shapes)) / 1e6;
+  flora::bench::FusedAdamW adamw(params);
+  time_steps(state, which, [&] { adamw.step(); });
+  state.counters["state_MB"] = static_cast<double>(adamw.state_bytes()) / 1e6;
   state.counters["params_M"] = static_cast<double>(flora::bench::numel(shapes)) / 1e6;
 }
 
@@ -152,41 +113,12 @@ void Flora_r256_reference(benchmark::State& state) {
   });
 }
 
-// The products Flora's compressed momentum cannot avoid, alone: for each
-// matrix it compresses at rank 256, down(u) (r x m times m x n) and the
-// update's up(M) added into u (m x r times r x n), as plain GEMMs.
+// The products Flora's compressed momentum cannot avoid, alone (gemm_floor.h).
 void GemmFloor(benchmark::State& state) {
   const int which = static_cast<int>(state.range(0));
-  const auto shapes = workload(which);
-  struct Matrix {
-    torch::Tensor p, u, m, d;
-    bool left;
-  };
-  std::vector<Matrix> matrices;
-  torch::manual_seed(0);
-  for (const auto& s : shapes) {
-    if (!flora::ParamLayout::of(s.shape, kFlora).compressed) {
-      continue;
-    }
-    const int64_t rows = s.shape[0], cols = s.shape[1], r = *kFlora.rank();
-    const bool left = flora::projects_from_left(rows, cols);
-    matrices.push_back(Matrix{
-        left ? torch::randn({r, rows}) : torch::randn({cols, r}), torch::randn({rows, cols}),
-        torch::randn(flora::compressed_shape(rows, cols, r)), torch::empty(flora::compressed_shape(rows, cols, r)),
-        left});
-  }
-  time_steps(state, which, [&] {
-    for (auto& x : matrices) {
-      if (x.left) {
-        at::mm_out(x.d, x.p, x.u);
-        x.u.addmm_(x.p.t(), x.m, 0.1, 0.9);
-      } else {
-        at::mm_out(x.d, x.u, x.p);
-        x.u.addmm_(x.m, x.p.t(), 0.1, 0.9);
-      }
-    }
-  });
-  state.counters["matrices"] = static_cast<double>(matrices.size());
+  flora::bench::GemmFloor floor(workload(which), kFlora);
+  time_steps(state, which, [&] { floor.run(); });
+  state.counters["matrices"] = static_cast<double>(floor.matrices());
 }
 
 #define FLORA_STEP_BENCHMARK(fn)                                                                            \

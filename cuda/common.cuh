@@ -35,6 +35,11 @@ inline int reduction_grid(int64_t work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, 1024)));
 }
 
+/// a / b rounded up (a >= 0, b > 0): chunks, tiles and blocks of a size.
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
 /// Calls f(i) for every i in [0, n) across the whole grid.
 template <typename F>
 __device__ __forceinline__ void grid_stride(int64_t n, const F& f) {
@@ -63,7 +68,8 @@ __device__ __forceinline__ T from_float(float v) {
 }
 
 struct SumOp {
-  __device__ __forceinline__ float operator()(float a, float b) const {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T a, T b) const {
     return a + b;
   }
 };
@@ -75,8 +81,8 @@ struct MaxOp {
   }
 };
 
-template <typename Op>
-__device__ __forceinline__ float warp_reduce(float v, Op op) {
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
     v = op(v, __shfl_down_sync(0xffffffffu, v, offset));
@@ -85,9 +91,9 @@ __device__ __forceinline__ float warp_reduce(float v, Op op) {
 }
 
 /// Reduces over the block (kThreads threads) in a fixed order; the result is
-/// valid in thread 0. `scratch` holds kWarps floats; `identity` is op's.
-template <typename Op>
-__device__ __forceinline__ float block_reduce(float v, float* scratch, Op op, float identity) {
+/// valid in thread 0. `scratch` holds kWarps values; `identity` is op's.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T* scratch, Op op, T identity) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   v = warp_reduce(v, op);
@@ -95,7 +101,7 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch, Op op, fl
     scratch[warp] = v;
   }
   __syncthreads();
-  float total = identity;
+  T total = identity;
   if (warp == 0) {
     total = lane < kWarps ? scratch[lane] : identity;
     total = warp_reduce(total, op);
@@ -110,6 +116,11 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return block_reduce(v, scratch, SumOp{}, 0.f);
+}
+
+/// The same in double (sums whose terms the CPU adds in double).
+__device__ __forceinline__ double block_sum(double v, double* scratch) {
+  return block_reduce(v, scratch, SumOp{}, 0.0);
 }
 
 /// Max over the block of non-negative values (0 for none); NaN never wins.

@@ -3,49 +3,29 @@
 // codes agree bit for bit. One thread block per quantization block: a max
 // reduction (NaN never wins), then the code search in shared memory.
 //
-// The code map is a CPU tensor (see ops.h): its 256 values travel as a
-// launch argument and are staged in shared memory, so no device copy of the
-// map exists, nothing is copied from the host, and a CUDA graph captures the
-// values with the launch.
+// The code map travels as a launch argument (code_map.cuh).
 
+#include "code_map.cuh"
 #include "common.cuh"
 
 #include "kernels/checks.h"
 #include "kernels/contiguous.h"
-#include "kernels/quantization_rule.h"
 
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <cstring>
 #include <limits>
 
 namespace flora::cuda {
 namespace {
 
-struct CodeMap {
-  float value[256];
-};
-
-CodeMap code_map_of(const at::Tensor& code) {
-  CodeMap map;
-  const at::Tensor dense = code.contiguous();
-  std::memcpy(map.value, dense.data_ptr<float>(), sizeof(map.value));
-  return map;
-}
-
 __global__ void quantize_blockwise_kernel(
-    const float* __restrict__ x, int64_t n, int64_t block_size, const CodeMap code, uint8_t* __restrict__ q,
-    float* __restrict__ absmax) {
+    const float* __restrict__ x, int64_t n, int64_t block_size, const __grid_constant__ CodeMap code,
+    uint8_t* __restrict__ q, float* __restrict__ absmax) {
   __shared__ float map[256];
   __shared__ float scratch[kWarps];
   __shared__ float block_absmax;
-  // Indexed straight from the parameter (a constant-bank load): never through
-  // a reference or a lambda capture, which would make a per-thread copy.
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    map[i] = code.value[i];
-  }
-  __syncthreads();
+  stage_code_map(code, map);
   const int64_t first = static_cast<int64_t>(blockIdx.x) * block_size;
   const int64_t last = first + block_size < n ? first + block_size : n;
   float m = 0.0f;
@@ -57,23 +37,16 @@ __global__ void quantize_blockwise_kernel(
   }
   __syncthreads();
   const float total = block_absmax;
-  if (total == 0.0f) {
-    block_stride(first, last, [&](int64_t i) { q[i] = 0; });
-    return;
-  }
-  const float inverse = __fdiv_rn(1.0f, total);
-  block_stride(first, last, [&](int64_t i) { q[i] = flora::detail::nearest_code(map, __fmul_rn(x[i], inverse)); });
+  const float inverse = inverse_absmax(total);
+  block_stride(first, last, [&](int64_t i) { q[i] = quantized(map, x[i], total, inverse); });
 }
 
 __global__ void dequantize_blockwise_kernel(
-    const uint8_t* __restrict__ q, const float* __restrict__ absmax, const CodeMap code, int64_t n, int64_t block_size,
-    float* __restrict__ out) {
+    const uint8_t* __restrict__ q, const float* __restrict__ absmax, const __grid_constant__ CodeMap code, int64_t n,
+    int64_t block_size, float* __restrict__ out) {
   __shared__ float map[256];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) { // as in quantize_blockwise_kernel
-    map[i] = code.value[i];
-  }
-  __syncthreads();
-  grid_stride(n, [&](int64_t i) { out[i] = __fmul_rn(map[q[i]], absmax[i / block_size]); });
+  stage_code_map(code, map);
+  grid_stride(n, [&](int64_t i) { out[i] = dequantized(map, q[i], absmax[i / block_size]); });
 }
 
 void quantize_blockwise_cuda(

@@ -6,7 +6,9 @@
 Reads stages.txt (one line per stage), machine.txt, cuda_tests.xml and
 cuda_tests.log (the "[ agreement ]" lines the tests print), sanitizer.log,
 gpu_bench.json and flora_opt_*.jsonl, whichever exist, and prints a short
-report. Standard library only.
+report ending with the speed targets (Flora r256 <= 1.0x at::_fused_adamw_,
+<= 0.5x torch::optim::Adam, >= 10x faster than flora-opt). Standard library
+only.
 """
 
 import json
@@ -43,6 +45,47 @@ def test_counts(logs):
         elif case.find("skipped") is not None or case.get("result") == "skipped":
             skipped += 1
     return tests, failures, skipped, failed
+
+
+def verdict(value, bound, at_most):
+    met = value <= bound if at_most else value >= bound
+    return "MET" if met else "MISSED"
+
+
+def targets(rows, flora_opt):
+    """The speed targets of the fused step, per dtype: Flora r256 (eager,
+    replayed from a CUDA graph where measured, and with TF32 products) at
+    most 1.0x the time of
+    at::_fused_adamw_ and 0.5x that of torch::optim::Adam, and at least 10x
+    faster than flora-opt on the same card."""
+    lines = ["speed targets (Flora r256, median step time on this card):"]
+    for dtype in ("fp32", "bf16"):
+        fused, adam = rows.get(f"FusedAdamW/{dtype}"), rows.get(f"Adam/{dtype}")
+        reference = flora_opt.get(dtype)
+        for variant in ("Flora_r256", "Flora_r256_graph", "Flora_r256_tf32"):
+            flora = rows.get(f"{variant}/{dtype}")
+            if not flora:
+                lines.append(f"  {variant}/{dtype}: not measured")
+                continue
+            ms = flora["median_ms"]
+            parts = []
+            if fused:
+                ratio = ms / fused["median_ms"]
+                parts.append(f"{ratio:.2f}x at::_fused_adamw_ (target <= 1.0: {verdict(ratio, 1.0, True)})")
+            else:
+                parts.append("at::_fused_adamw_ not measured")
+            if adam:
+                ratio = ms / adam["median_ms"]
+                parts.append(f"{ratio:.2f}x torch::optim::Adam (target <= 0.5: {verdict(ratio, 0.5, True)})")
+            else:
+                parts.append("torch::optim::Adam not measured")
+            if reference:
+                speedup = reference["median_ms"] / ms
+                parts.append(f"{speedup:.1f}x faster than flora-opt (target >= 10: {verdict(speedup, 10.0, False)})")
+            else:
+                parts.append("flora-opt not measured")
+            lines.append(f"  {variant}/{dtype} {ms:.3f} ms: " + "; ".join(parts))
+    return lines
 
 
 def main():
@@ -83,22 +126,21 @@ def main():
     except (OSError, ValueError, KeyError):
         pass
     if rows:
-        lines.append(f"{'step, GPT-2 small shapes':<26} {'median ms':>10} {'min ms':>10} {'state MB':>10}")
+        lines.append(f"{'step, GPT-2 small shapes':<26} {'median ms':>10} {'min ms':>10} {'state MB':>10} {'aten calls':>10}")
         for name, b in rows.items():
-            lines.append(f"  {name:<24} {b['median_ms']:10.3f} {b['min_ms']:10.3f} {b['state_MB']:10.1f}")
-        for dtype in ("fp32", "bf16"):
-            adam, flora = rows.get(f"Adam/{dtype}"), rows.get(f"Flora_r256/{dtype}")
-            if adam and flora:
-                lines.append(f"  Flora r256 / Adam ({dtype}): {flora['median_ms'] / adam['median_ms']:.3f}")
+            calls = b.get("aten_calls", "")
+            lines.append(f"  {name:<24} {b['median_ms']:10.3f} {b['min_ms']:10.3f} {b['state_MB']:10.1f} {calls:>10}")
+    flora_opt = {}
     for dtype in ("fp32", "bf16"):
         for line in read(logs, f"flora_opt_{dtype}.jsonl").splitlines():
             try:
-                r = json.loads(line)
+                flora_opt[dtype] = json.loads(line)
             except ValueError:
                 continue
-            ours = rows.get(f"Flora_r256/{dtype}")
-            ratio = f", flora-opt / ours = {r['median_ms'] / ours['median_ms']:.1f}x" if ours else ""
-            lines.append(f"  flora-opt 0.0.3 ({dtype}): {r['median_ms']:.3f} ms, {r['state_MB']:.1f} MB{ratio}")
+        if dtype in flora_opt:
+            r = flora_opt[dtype]
+            lines.append(f"  flora-opt 0.0.3 ({dtype}): {r['median_ms']:.3f} ms, {r['state_MB']:.1f} MB")
+    lines.extend(targets(rows, flora_opt))
     print("\n".join(lines))
 
 

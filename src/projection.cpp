@@ -3,6 +3,7 @@
 #include <flora/projection.h>
 
 #include "kernels/philox.h"
+#include "kernels/projection_seed.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -37,7 +38,7 @@ int64_t next_seed(int64_t seed, ProjectionMode mode) {
     // flora-opt draws 15 and keeps the last.
     return reference_draws(seed, 15)[14].item<int64_t>();
   }
-  return as_signed(detail::mix64(static_cast<uint64_t>(seed) ^ detail::kNextSeedDomain));
+  return detail::next_philox_seed(seed);
 }
 
 std::pair<int64_t, int64_t> split_seed(int64_t seed, ProjectionMode mode) {
@@ -46,10 +47,8 @@ std::pair<int64_t, int64_t> split_seed(int64_t seed, ProjectionMode mode) {
     const int64_t* d = draws.data_ptr<int64_t>();
     return {d[0], d[1]};
   }
-  const auto s = static_cast<uint64_t>(seed);
   return {
-      as_signed(detail::mix64(s ^ detail::kLeftSeedDomain)),
-      as_signed(detail::mix64(s ^ detail::kRightSeedDomain))};
+      as_signed(detail::projection_seed(seed, /*left=*/1)), as_signed(detail::projection_seed(seed, /*right=*/2))};
 }
 
 namespace {

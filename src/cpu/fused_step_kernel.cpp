@@ -7,6 +7,7 @@
 #include "fused_ops.h"
 #include "kernels/fused_checks.h"
 #include "kernels/philox.h"
+#include "kernels/projection_seed.h"
 #include "kernels/step_math.h"
 #include "fused_kernels.h"
 
@@ -250,18 +251,6 @@ void apply_updates_cpu(
   }
 }
 
-uint64_t projection_seed(int64_t seed, ops::SeedSide side) {
-  const auto s = static_cast<uint64_t>(seed);
-  switch (side) {
-    case ops::SeedSide::left:
-      return detail::mix64(s ^ detail::kLeftSeedDomain);
-    case ops::SeedSide::right:
-      return detail::mix64(s ^ detail::kRightSeedDomain);
-    default:
-      return s;
-  }
-}
-
 void philox_normal_batch_cpu(
     at::Tensor& out, c10::ArrayRef<int64_t> seeds, at::TensorList counters, int64_t counter_slot, int64_t side,
     double scale) {
@@ -273,7 +262,7 @@ void philox_normal_batch_cpu(
   for (int64_t g = 0; g < count; ++g) {
     const int64_t seed = counters.empty() ? seeds[g] : counters[g].data_ptr<int64_t>()[counter_slot];
     k.philox_normal(
-        o + g * rows * cols, rows, cols, projection_seed(seed, static_cast<ops::SeedSide>(side)),
+        o + g * rows * cols, rows, cols, detail::projection_seed(seed, side),
         static_cast<float>(scale));
   }
 }
@@ -323,7 +312,7 @@ void advance_counters_cpu(at::TensorList counters, int64_t kappa) {
     c[0] += 1;
     c[2] = c[1];
     if (c[0] % kappa == 0) {
-      c[1] = static_cast<int64_t>(detail::mix64(static_cast<uint64_t>(c[1]) ^ detail::kNextSeedDomain));
+      c[1] = detail::next_philox_seed(c[1]);
     }
   }
 }

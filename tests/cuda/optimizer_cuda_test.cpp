@@ -5,8 +5,10 @@
 #include "../cuda_util.h"
 #include "../parity_fixture.h"
 #include "../test_util.h"
+#include "cuda_agreement.h"
 
 #include <ATen/cuda/CUDAGraph.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -14,6 +16,9 @@ namespace {
 
 using flora::FloraParamState;
 using flora::ProjectionMode;
+using flora::testing::Agreement;
+using flora::testing::expect_within_one_code;
+using flora::testing::parameter_tolerance;
 using flora::testing::ParityFixture;
 using flora::testing::relative_error;
 
@@ -22,18 +27,35 @@ const FloraParamState* state_of(const flora::Flora& opt, const torch::Tensor& p)
   return it == opt.state().end() ? nullptr : &static_cast<const FloraParamState&>(*it->second);
 }
 
-// One ulp of the parameter's own dtype, relative: a low-precision parameter
-// may round the other way on the other device.
-double parameter_tolerance(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case torch::kHalf:
-      return std::ldexp(1.0, -10);
-    default:
-      return 1e-5;
+// Dispatcher calls of one operator on this thread while alive (one counter
+// at a time).
+class OperatorCalls {
+ public:
+  explicit OperatorCalls(std::string name) {
+    name_ = std::move(name);
+    count_ = 0;
+    handle_ = at::addThreadLocalCallback(
+        at::RecordFunctionCallback([](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+          if (name_ == fn.name()) {
+            ++count_;
+          }
+          return nullptr;
+        }).scopes({at::RecordScope::FUNCTION}));
   }
-}
+  ~OperatorCalls() {
+    at::removeCallback(handle_);
+  }
+  OperatorCalls(const OperatorCalls&) = delete;
+  OperatorCalls& operator=(const OperatorCalls&) = delete;
+  int64_t count() const {
+    return count_;
+  }
+
+ private:
+  static inline thread_local std::string name_;
+  static inline thread_local int64_t count_ = 0;
+  at::CallbackHandle handle_;
+};
 
 const flora::FloraOptions& options_of(const flora::Flora& opt, const torch::Tensor& p) {
   for (const auto& group : opt.param_groups()) {
@@ -44,37 +66,6 @@ const flora::FloraOptions& options_of(const flora::Flora& opt, const torch::Tens
     }
   }
   throw std::runtime_error("not a parameter of the optimizer");
-}
-
-struct Agreement {
-  double worst_state = 0, worst_param = 0;
-  int64_t codes_compared = 0, code_flips = 0;
-};
-
-// 8-bit moments of the two devices: absmax to 1e-5 and dequantized values
-// within one code of each other. A value close to the midpoint between two
-// codes may round to the other one after last-bit differences of the float32
-// moment (CUDA's rsqrtf, cuBLAS vs the CPU's GEMMs, ~1e-7): a flip, counted.
-void expect_within_one_code(
-    const torch::Tensor& codes_gpu, const torch::Tensor& absmax_gpu, const torch::Tensor& codes_cpu,
-    const torch::Tensor& absmax_cpu, int64_t block, const std::string& where, Agreement& agreement) {
-  const int64_t n = codes_cpu.numel();
-  const auto map = flora::dynamic_code_map();
-  const auto cpu_index = codes_cpu.flatten().to(torch::kLong);
-  const auto here = map.index_select(0, cpu_index);
-  const auto below = map.index_select(0, (cpu_index - 1).clamp_min(0));
-  const auto above = map.index_select(0, (cpu_index + 1).clamp_max(255));
-  const auto gap = torch::maximum(here - below, above - here); // to the farther neighbour
-  const double absmax_error = relative_error(absmax_gpu, absmax_cpu);
-  agreement.worst_state = std::max(agreement.worst_state, absmax_error);
-  EXPECT_LT(absmax_error, 1e-5) << where << " absmax";
-  const auto scale = torch::maximum(absmax_gpu.cpu(), absmax_cpu).repeat_interleave(block).narrow(0, 0, n);
-  const auto deq_gpu = flora::dequantize_blockwise({codes_gpu, absmax_gpu}, block).cpu().flatten();
-  const auto deq_cpu = flora::dequantize_blockwise({codes_cpu, absmax_cpu}, block).flatten();
-  const auto excess = (deq_gpu - deq_cpu).abs() - (gap + 1e-5) * scale;
-  EXPECT_LE(excess.max().item<double>(), 0.0) << where << ": a dequantized value more than one code away";
-  agreement.codes_compared += n;
-  agreement.code_flips += codes_gpu.cpu().flatten().ne(codes_cpu.flatten()).sum().item<int64_t>();
 }
 
 // Parameters, host counters and every state tensor of the two optimizers.
@@ -183,11 +174,16 @@ TEST_P(CudaMatchesCpu, OverTheParityConfigurations) {
   auto gpu = fixture.initial_params(torch::kCUDA);
   auto opt_cpu = fixture.make_optimizer(cpu, mode);
   auto opt_gpu = fixture.make_optimizer(gpu, mode);
+  int64_t fused_calls = 0;
   for (size_t step = 0; step < fixture.steps(); ++step) {
     fixture.set_grads(cpu, step);
     fixture.set_grads(gpu, step);
     opt_cpu->step();
-    opt_gpu->step();
+    {
+      const OperatorCalls fused("flora::gradient_sums_");
+      opt_gpu->step();
+      fused_calls += fused.count();
+    }
     if (quantized) {
       expect_states_agree(*opt_gpu, gpu, *opt_cpu, cpu, name + " step " + std::to_string(step + 1), agreement_);
       copy_state(*opt_gpu, gpu, *opt_cpu, cpu);
@@ -197,6 +193,9 @@ TEST_P(CudaMatchesCpu, OverTheParityConfigurations) {
   if (!quantized) {
     expect_states_agree(*opt_gpu, gpu, *opt_cpu, cpu, name, agreement_);
   }
+  // Philox mode runs the fused step (its CUDA kernels), reference mode the
+  // ATen sequence of flora-opt.
+  EXPECT_EQ(fused_calls > 0, mode == ProjectionMode::philox) << fused_calls << " fused phase-1 calls";
 }
 
 INSTANTIATE_TEST_SUITE_P(
