@@ -208,6 +208,7 @@ struct UpdateTensor {
   const float* col_factor;
   StepSource step;
   int64_t numel, cols;
+  uint64_t rounding_key; // with rule.stochastic
 };
 
 struct UpdateRule {
@@ -217,6 +218,7 @@ struct UpdateRule {
   float beta1, one_minus_beta1, eps1;
   bool factored, momentum, second_codes, momentum_codes;
   bool aligned; // every quad can be accessed whole
+  bool stochastic; // bfloat16 parameters rounded stochastically
 };
 
 constexpr size_t kUpdateOther = sizeof(UpdateRule) + sizeof(CodeMap) + 2 * sizeof(void*);
@@ -298,6 +300,7 @@ __device__ __forceinline__ void update_pass(
   }
   const T* __restrict__ g = static_cast<const T*>(d.grad);
   T* __restrict__ p = static_cast<T*>(d.param);
+  const Rounding rounding{d.rounding_key, rule.stochastic ? d.step.get() : 0, rule.stochastic};
   const int64_t begin = at.chunk * rule.chunk;
   const int64_t end = std::min(begin + rule.chunk, d.numel);
   float sum = 0.f;
@@ -365,7 +368,7 @@ __device__ __forceinline__ void update_pass(
         for (int j = 0; j < 4; ++j) {
           pv[j] = __fsub_rn(__fmul_rn(pv[j], apply.keep), __fmul_rn(u[j], apply.scale));
         }
-        store_quad(p + e, count, rule.aligned, pv);
+        store_param_quad(p + e, e, count, rule.aligned, pv, rounding);
       } else {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -441,9 +444,10 @@ void run_update(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avg_sqs, at::TensorList exp_avg_sq_absmaxs,
     at::TensorList exp_avgs, at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums,
     const SumsLayout* factors, c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor,
-    const StepHyper& h, int64_t block_size, OptTensor code_map) {
+    const StepHyper& h, int64_t block_size, OptTensor code_map, c10::ArrayRef<int64_t> rounding_keys) {
   const size_t n = params.size();
   UpdateRule rule{};
+  rule.stochastic = !rounding_keys.empty();
   rule.decay_rate = h.decay_rate;
   rule.beta1 = static_cast<float>(h.beta1);
   rule.one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
@@ -506,6 +510,7 @@ void run_update(
     t.step = step_source(steps, counters, i);
     t.numel = numel;
     t.cols = params[i].dim() == 2 ? params[i].size(1) : numel;
+    t.rounding_key = rounding_keys.empty() ? 0 : static_cast<uint64_t>(rounding_keys[i]);
     const int64_t chunks = ceil_div(numel, rule.chunk);
     const int64_t first = passes.add(index, t, chunks);
     steps_plan.add(index, CoefficientTensor{first, chunks, numel, t.step, rms[i].data_ptr<float>()}, 1);
@@ -531,10 +536,10 @@ void factored_step_cuda(
     at::TensorList params, at::TensorList grads, at::TensorList rows, at::TensorList cols, at::TensorList exp_avgs,
     at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums, c10::ArrayRef<int64_t> steps,
     at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper, int64_t block_size,
-    OptTensor code_map) {
+    OptTensor code_map, c10::ArrayRef<int64_t> rounding_keys) {
   detail::check_factored_step_args(
       params, grads, rows, cols, exp_avgs, exp_avg_absmaxs, rms, sums, steps, counters, lr_tensor, hyper, block_size,
-      code_map);
+      code_map, rounding_keys);
   if (params.empty()) {
     return;
   }
@@ -546,24 +551,24 @@ void factored_step_cuda(
       at::cuda::getCurrentCUDAStream());
   run_update(
       params, grads, {}, {}, exp_avgs, exp_avg_absmaxs, rms, sums, &layout, steps, counters, lr_tensor, h, block_size,
-      code_map);
+      code_map, rounding_keys);
 }
 
 void full_step_cuda(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avg_sqs, at::TensorList exp_avg_sq_absmaxs,
     at::TensorList exp_avgs, at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums,
     c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper,
-    int64_t block_size, OptTensor code_map) {
+    int64_t block_size, OptTensor code_map, c10::ArrayRef<int64_t> rounding_keys) {
   detail::check_full_step_args(
       params, grads, exp_avg_sqs, exp_avg_sq_absmaxs, exp_avgs, exp_avg_absmaxs, rms, sums, steps, counters,
-      lr_tensor, hyper, block_size, code_map);
+      lr_tensor, hyper, block_size, code_map, rounding_keys);
   if (params.empty()) {
     return;
   }
   const c10::cuda::CUDAGuard guard(params[0].device());
   run_update(
       params, grads, exp_avg_sqs, exp_avg_sq_absmaxs, exp_avgs, exp_avg_absmaxs, rms, sums, nullptr, steps, counters,
-      lr_tensor, ops::hyper_from(hyper), block_size, code_map);
+      lr_tensor, ops::hyper_from(hyper), block_size, code_map, rounding_keys);
 }
 
 // ---------------------------------------------------------------- factored_normalize_
@@ -645,12 +650,15 @@ struct AppliedTensor {
   void* param;
   const float* update; // its (rows, cols) slice of the batch
   int64_t numel;
+  StepSource step; // with args.stochastic
+  uint64_t rounding_key;
 };
 
 struct AppliedArgs {
   float* partial;
   const Coefficients* coefficients;
   bool aligned;
+  bool stochastic; // bfloat16 parameters rounded stochastically
 };
 
 constexpr int kAppliedTensors = tensors_within<AppliedTensor>(sizeof(AppliedArgs));
@@ -687,6 +695,7 @@ __global__ void __launch_bounds__(kThreads) applied_update_write_kernel(
   const AppliedTensor& d = table.tensor[at.entry];
   const Coefficients apply = args.coefficients[at.index];
   T* __restrict__ p = static_cast<T*>(d.param);
+  const Rounding rounding{d.rounding_key, args.stochastic ? d.step.get() : 0, args.stochastic};
   const int64_t begin = at.chunk * kChunk;
   block_quads(begin, std::min(begin + kChunk, d.numel), [&](int64_t e, int count) {
     float pv[4], u[4];
@@ -696,14 +705,15 @@ __global__ void __launch_bounds__(kThreads) applied_update_write_kernel(
     for (int j = 0; j < 4; ++j) {
       pv[j] = __fsub_rn(__fmul_rn(pv[j], apply.keep), __fmul_rn(u[j], apply.scale));
     }
-    store_quad(p + e, count, args.aligned, pv);
+    store_param_quad(p + e, e, count, args.aligned, pv, rounding);
   });
 }
 
 void apply_updates_cuda(
     at::TensorList params, const at::Tensor& updates, at::TensorList rms, at::Tensor& sums,
-    c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper) {
-  detail::check_apply_updates_args(params, updates, rms, sums, steps, counters, lr_tensor, hyper);
+    c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper,
+    c10::ArrayRef<int64_t> rounding_keys) {
+  detail::check_apply_updates_args(params, updates, rms, sums, steps, counters, lr_tensor, hyper, rounding_keys);
   if (params.empty()) {
     return;
   }
@@ -724,12 +734,16 @@ void apply_updates_cuda(
     const auto index = static_cast<int64_t>(i);
     aligned = aligned && quad_aligned(params[i]);
     const int64_t first = passes.add(
-        index, AppliedTensor{params[i].data_ptr(), updates.data_ptr<float>() + index * numel, numel}, chunks);
+        index,
+        AppliedTensor{
+            params[i].data_ptr(), updates.data_ptr<float>() + index * numel, numel, step_source(steps, counters, i),
+            rounding_keys.empty() ? 0 : static_cast<uint64_t>(rounding_keys[i])},
+        chunks);
     steps_plan.add(
         index,
         CoefficientTensor{first, chunks, numel, step_source(steps, counters, i), rms[i].data_ptr<float>()}, 1);
   }
-  const AppliedArgs pass_args{partial, coefficients, aligned};
+  const AppliedArgs pass_args{partial, coefficients, aligned, !rounding_keys.empty()};
   const CoefficientArgs args{
       h, lr_address(lr_tensor), partial, sums.data_ptr<float>(), static_cast<int64_t>(n), coefficients};
   const auto stream = at::cuda::getCurrentCUDAStream();

@@ -8,6 +8,7 @@
 // never a result. Lanes past `count` read as 0 and are never written.
 
 #include "common.cuh"
+#include "kernels/stochastic_rounding.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -77,6 +78,53 @@ __device__ __forceinline__ void store_quad(T* __restrict__ p, int count, bool al
       p[j] = from_float<T>(in[j]);
     }
   }
+}
+
+/// How a parameter is written (kernels/stochastic_rounding.h): rounded to
+/// nearest, or, for bfloat16 with `stochastic`, up or down at random from the
+/// stream of `key` at `step` (element e: lane e % 4 of Philox block e / 4).
+struct Rounding {
+  uint64_t key;
+  int64_t step;
+  bool stochastic;
+};
+
+/// A parameter's quad [e, e + count) from in, as store_quad but rounding as
+/// `rounding` says (`p` points at element e).
+template <typename T>
+__device__ __forceinline__ void store_param_quad(
+    T* __restrict__ p, int64_t e, int count, bool aligned, const float in[4], const Rounding& rounding) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (rounding.stochastic) {
+      uint32_t bits[4];
+      int64_t quad = -1;
+      detail::PhiloxBlock draws{};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t index = e + j;
+        if (index / 4 != quad) {
+          quad = index / 4;
+          draws = detail::rounding_draws(rounding.key, rounding.step, quad);
+        }
+        bits[j] = detail::bfloat16_bits_stochastic(in[j], detail::lane_of(draws, index % 4));
+      }
+      if (aligned && count == 4) {
+        uint2 v;
+        v.x = bits[0] | (bits[1] << 16);
+        v.y = bits[2] | (bits[3] << 16);
+        *reinterpret_cast<uint2*>(p) = v;
+        return;
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (j < count) {
+          p[j] = from_bits<T>(bits[j]);
+        }
+      }
+      return;
+    }
+  }
+  store_quad(p, count, aligned, in);
 }
 
 /// Four 8-bit codes (lanes past count: 0).

@@ -33,6 +33,9 @@ CompressedAccumulator::CompressedAccumulator(std::vector<torch::Tensor> params, 
   TORCH_CHECK(
       options.rank() >= 0, "AccumulationOptions: rank must be >= 0 (0: uncompressed accumulation), got ",
       options.rank());
+  TORCH_CHECK(
+      options.max_aspect_ratio() >= 1, "AccumulationOptions: max_aspect_ratio must be at least 1, got ",
+      options.max_aspect_ratio());
   int64_t next_seed_value = options.seed();
   for (auto& p : params) {
     TORCH_CHECK(p.defined(), "CompressedAccumulator: parameter ", slots_.size(), " is undefined");
@@ -41,7 +44,10 @@ CompressedAccumulator::CompressedAccumulator(std::vector<torch::Tensor> params, 
     }
     Slot slot;
     slot.param = p;
-    slot.compressed = options.rank() > 0 && p.dim() >= 2 && p.numel() > 0;
+    // flora-opt compresses a matrix whatever its rank and size, so the rank
+    // test of the rule is off (rank 1 always fits); the aspect limit is ours.
+    slot.compressed = options.rank() > 0 && p.dim() >= 2 && p.numel() > 0 &&
+        compresses_momentum(matrix_rows(p), matrix_cols(p), /*rank=*/1, options.max_aspect_ratio());
     if (slot.compressed) {
       slot.seed = next_seed_value++;
     }
@@ -187,9 +193,14 @@ int64_t CompressedAccumulator::buffer_bytes() const {
   return total;
 }
 
+// Format 1: rank, size, seeds and buffers; 2 adds max_aspect_ratio (a
+// format-1 checkpoint was written with flora-opt's rule: no limit).
+constexpr int64_t kAccumulatorFormat = 2;
+
 void CompressedAccumulator::save(torch::serialize::OutputArchive& archive) const {
-  archive.write("flora_accumulator", c10::IValue(static_cast<int64_t>(1)));
+  archive.write("flora_accumulator", c10::IValue(kAccumulatorFormat));
   archive.write("rank", c10::IValue(options_.rank()));
+  archive.write("max_aspect_ratio", c10::IValue(options_.max_aspect_ratio()));
   archive.write("size", c10::IValue(static_cast<int64_t>(slots_.size())));
   for (size_t i = 0; i < slots_.size(); ++i) {
     archive.write("seed/" + std::to_string(i), c10::IValue(slots_[i].seed));
@@ -207,11 +218,25 @@ void CompressedAccumulator::load(torch::serialize::InputArchive& archive) {
         "' (not an accumulator checkpoint?)");
     return v.toInt();
   };
-  TORCH_CHECK(read_int("flora_accumulator") == 1, "CompressedAccumulator::load: unknown format");
+  const int64_t format = read_int("flora_accumulator");
+  TORCH_CHECK(
+      format >= 1 && format <= kAccumulatorFormat, "CompressedAccumulator::load: the checkpoint has format ", format,
+      "; this flora reads formats 1 to ", kAccumulatorFormat);
   const int64_t rank = read_int("rank");
   TORCH_CHECK(
       rank == options_.rank(), "CompressedAccumulator::load: the checkpoint has rank ", rank, ", this accumulator ",
       options_.rank());
+  double aspect = std::numeric_limits<double>::infinity();
+  if (format >= 2) {
+    c10::IValue v;
+    TORCH_CHECK(
+        archive.try_read("max_aspect_ratio", v) && v.isDouble(),
+        "CompressedAccumulator::load: no float 'max_aspect_ratio' in a format-2 checkpoint");
+    aspect = v.toDouble();
+  }
+  TORCH_CHECK(
+      aspect == options_.max_aspect_ratio(), "CompressedAccumulator::load: the checkpoint has max_aspect_ratio ",
+      aspect, ", this accumulator ", options_.max_aspect_ratio());
   const int64_t size = read_int("size");
   TORCH_CHECK(
       size == static_cast<int64_t>(slots_.size()), "CompressedAccumulator::load: the checkpoint has ", size,

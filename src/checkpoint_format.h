@@ -9,7 +9,7 @@
 // History:
 //   1  flora 0.1: options and per-parameter state of flora-opt 0.0.3 plus
 //      projection, check_finite and quantization_block_size.
-//   2  options: capturable.
+//   2  options: capturable, max_aspect_ratio, stochastic_rounding.
 
 #include <cstdint>
 

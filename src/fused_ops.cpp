@@ -15,17 +15,18 @@ TORCH_LIBRARY_FRAGMENT(flora, m) {
       "factored_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg_sq_rows, "
       "Tensor(c!)[] exp_avg_sq_cols, Tensor(d!)[] exp_avgs, Tensor(e!)[] exp_avg_absmaxs, Tensor(f!)[] rms, "
       "Tensor(g!) sums, int[] steps, Tensor[] counters, Tensor? lr_tensor, float[] hyper, int block_size, "
-      "Tensor? code_map) -> ()");
+      "Tensor? code_map, int[] rounding_keys) -> ()");
   m.def(
       "full_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg_sqs, Tensor(c!)[] exp_avg_sq_absmaxs, "
       "Tensor(d!)[] exp_avgs, Tensor(e!)[] exp_avg_absmaxs, Tensor(f!)[] rms, Tensor(g!) sums, int[] steps, "
-      "Tensor[] counters, Tensor? lr_tensor, float[] hyper, int block_size, Tensor? code_map) -> ()");
+      "Tensor[] counters, Tensor? lr_tensor, float[] hyper, int block_size, Tensor? code_map, "
+      "int[] rounding_keys) -> ()");
   m.def(
       "factored_normalize_(Tensor[] grads, Tensor(a!)[] exp_avg_sq_rows, Tensor(b!)[] exp_avg_sq_cols, "
       "Tensor(c!) sums, int[] steps, Tensor[] counters, float eps1, float decay_rate, Tensor(d!) out) -> ()");
   m.def(
       "apply_updates_(Tensor(a!)[] params, Tensor updates, Tensor(b!)[] rms, Tensor(c!) sums, int[] steps, "
-      "Tensor[] counters, Tensor? lr_tensor, float[] hyper) -> ()");
+      "Tensor[] counters, Tensor? lr_tensor, float[] hyper, int[] rounding_keys) -> ()");
   m.def(
       "philox_normal_batch_(Tensor(a!) out, int[] seeds, Tensor[] counters, int counter_slot, int side, "
       "float scale) -> ()");
@@ -104,14 +105,14 @@ void gradient_sums_(List params, List grads, bool factored, at::Tensor& flags, a
 void factored_step_(
     List params, List grads, List rows, List cols, List exp_avgs, List exp_avg_absmaxs, List rms, at::Tensor& sums,
     Ints steps, List counters, OptTensor lr_tensor, const detail::StepHyper& hyper, int64_t block_size,
-    OptTensor code_map) {
-  static const auto handle =
-      op<void(List, List, List, List, List, List, List, at::Tensor&, Ints, List, OptTensor, Floats, int64_t, OptTensor)>(
-          "flora::factored_step_");
+    OptTensor code_map, Ints rounding_keys) {
+  static const auto handle = op<void(
+      List, List, List, List, List, List, List, at::Tensor&, Ints, List, OptTensor, Floats, int64_t, OptTensor, Ints)>(
+      "flora::factored_step_");
   const auto h = hyper_list(hyper);
   handle.call(
       params, grads, rows, cols, exp_avgs, exp_avg_absmaxs, rms, sums, steps, counters, lr_tensor, h, block_size,
-      code_map);
+      code_map, rounding_keys);
   for (const List& list : {params, rows, cols, exp_avgs, exp_avg_absmaxs, rms}) {
     bump(list);
   }
@@ -121,14 +122,14 @@ void factored_step_(
 void full_step_(
     List params, List grads, List exp_avg_sqs, List exp_avg_sq_absmaxs, List exp_avgs, List exp_avg_absmaxs, List rms,
     at::Tensor& sums, Ints steps, List counters, OptTensor lr_tensor, const detail::StepHyper& hyper,
-    int64_t block_size, OptTensor code_map) {
-  static const auto handle =
-      op<void(List, List, List, List, List, List, List, at::Tensor&, Ints, List, OptTensor, Floats, int64_t, OptTensor)>(
-          "flora::full_step_");
+    int64_t block_size, OptTensor code_map, Ints rounding_keys) {
+  static const auto handle = op<void(
+      List, List, List, List, List, List, List, at::Tensor&, Ints, List, OptTensor, Floats, int64_t, OptTensor, Ints)>(
+      "flora::full_step_");
   const auto h = hyper_list(hyper);
   handle.call(
       params, grads, exp_avg_sqs, exp_avg_sq_absmaxs, exp_avgs, exp_avg_absmaxs, rms, sums, steps, counters,
-      lr_tensor, h, block_size, code_map);
+      lr_tensor, h, block_size, code_map, rounding_keys);
   for (const List& list : {params, exp_avg_sqs, exp_avg_sq_absmaxs, exp_avgs, exp_avg_absmaxs, rms}) {
     bump(list);
   }
@@ -149,11 +150,11 @@ void factored_normalize_(
 
 void apply_updates_(
     List params, const at::Tensor& updates, List rms, at::Tensor& sums, Ints steps, List counters,
-    OptTensor lr_tensor, const detail::StepHyper& hyper) {
-  static const auto handle = op<void(List, const at::Tensor&, List, at::Tensor&, Ints, List, OptTensor, Floats)>(
+    OptTensor lr_tensor, const detail::StepHyper& hyper, Ints rounding_keys) {
+  static const auto handle = op<void(List, const at::Tensor&, List, at::Tensor&, Ints, List, OptTensor, Floats, Ints)>(
       "flora::apply_updates_");
   const auto h = hyper_list(hyper);
-  handle.call(params, updates, rms, sums, steps, counters, lr_tensor, h);
+  handle.call(params, updates, rms, sums, steps, counters, lr_tensor, h, rounding_keys);
   bump(params);
   bump(rms);
   bump(sums);

@@ -29,7 +29,11 @@
 // `hyper` = (lr, eps1, eps2, beta1, decay_rate, clip_threshold,
 // weight_decay, scale_parameter, relative_step, warmup_init), see
 // step_math.h. Quantized moments are uint8 codes with one float32 absmax
-// per `block_size` elements and `code_map` the 256-entry dynamic map.
+// per `block_size` elements and `code_map` the 256-entry dynamic map (a CPU
+// tensor on every device). `rounding_keys`, when not empty, has one key per
+// parameter (kernels/stochastic_rounding.h's rounding_key) and bfloat16
+// parameters are then written with stochastic rounding (float32 ones need
+// no rounding; float16 ones are refused).
 
 #include "kernels/step_math.h"
 
@@ -62,7 +66,8 @@ FLORA_API void factored_step_(
     const std::optional<at::Tensor>& lr_tensor,
     const detail::StepHyper& hyper,
     int64_t block_size,
-    const std::optional<at::Tensor>& code_map);
+    const std::optional<at::Tensor>& code_map,
+    c10::ArrayRef<int64_t> rounding_keys = {});
 
 FLORA_API void full_step_(
     at::TensorList params,
@@ -78,7 +83,8 @@ FLORA_API void full_step_(
     const std::optional<at::Tensor>& lr_tensor,
     const detail::StepHyper& hyper,
     int64_t block_size,
-    const std::optional<at::Tensor>& code_map);
+    const std::optional<at::Tensor>& code_map,
+    c10::ArrayRef<int64_t> rounding_keys = {});
 
 /// out[i] = (r c) g_i with r = rsqrt(row / mean(row)), c = rsqrt(col) after
 /// the rows' and columns' EMAs are updated; out is (G, rows, cols) float32.
@@ -102,7 +108,8 @@ FLORA_API void apply_updates_(
     c10::ArrayRef<int64_t> steps,
     at::TensorList counters,
     const std::optional<at::Tensor>& lr_tensor,
-    const detail::StepHyper& hyper);
+    const detail::StepHyper& hyper,
+    c10::ArrayRef<int64_t> rounding_keys = {});
 
 /// How a projection's seed selects its matrix (projection.h): as it is, or
 /// the left / right half of split_seed.

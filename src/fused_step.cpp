@@ -33,6 +33,7 @@
 #include "param_state.h"
 #include "step.h"
 #include "kernels/step_math.h"
+#include "kernels/stochastic_rounding.h"
 #include "kernels/sums_layout.h"
 
 #include <flora/layout.h>
@@ -176,6 +177,19 @@ std::vector<torch::Tensor> counters_of(const Group& g) {
   return collect(g, [](Member& m) -> const torch::Tensor& { return m.target().counters(); });
 }
 
+// Stochastic rounding keys of bfloat16 parameters (none otherwise: float32
+// needs no rounding, and the optimizer refused float16).
+std::vector<int64_t> rounding_keys_of(const Group& g) {
+  std::vector<int64_t> keys;
+  if (!g.options->stochastic_rounding() || g.members.front()->param.scalar_type() != torch::kBFloat16) {
+    return keys;
+  }
+  for (auto* m : g.members) {
+    keys.push_back(static_cast<int64_t>(rounding_key(g.options->seed(), m->pending->index)));
+  }
+  return keys;
+}
+
 std::optional<torch::Tensor> lr_tensor_of(const Group& g) {
   if (!g.capturable) {
     return std::nullopt;
@@ -250,7 +264,7 @@ void run_full(Group& g) {
   ops::full_step_(
       params, grads, v, v_absmax, momentum ? m1 : std::vector<torch::Tensor>{},
       momentum ? m1_absmax : std::vector<torch::Tensor>{}, rms, g.sums, steps_of(g), counters_of(g),
-      lr_tensor_of(g), hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g));
+      lr_tensor_of(g), hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g), rounding_keys_of(g));
 }
 
 void run_factored(Group& g) {
@@ -266,7 +280,7 @@ void run_factored(Group& g) {
   ops::factored_step_(
       params, grads, rows, cols, momentum ? m1 : std::vector<torch::Tensor>{},
       momentum ? m1_absmax : std::vector<torch::Tensor>{}, rms, g.sums, steps_of(g), counters_of(g),
-      lr_tensor_of(g), hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g));
+      lr_tensor_of(g), hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g), rounding_keys_of(g));
 }
 
 void run_compressed(Group& g) {
@@ -336,7 +350,7 @@ void run_compressed(Group& g) {
   }
   momentum.mul_(b1).add_(down, 1.0 - b1);
   ops::scatter_moments_(momentum, moments, absmaxes, o.quantization_block_size(), code_map);
-  ops::apply_updates_(params, u, rms, g.sums, steps, counters, lr_tensor, hyper_of(o, true));
+  ops::apply_updates_(params, u, rms, g.sums, steps, counters, lr_tensor, hyper_of(o, true), rounding_keys_of(g));
 }
 
 // Capturable steps: each parameter's (step, seed, previous seed) on its

@@ -26,7 +26,7 @@ ParamLayout ParamLayout::of(torch::IntArrayRef shape, const FloraOptions& option
   layout.factored = shape.size() == 2 && options.factorize_second_moment();
   layout.momentum = options.beta1().has_value() && *options.beta1() > 0;
   layout.compressed = layout.momentum && layout.factored && options.rank().has_value() && *options.rank() > 0 &&
-      compresses_momentum(shape[0], shape[1], *options.rank(), /*max_aspect_ratio=*/4.0);
+      compresses_momentum(shape[0], shape[1], *options.rank(), options.max_aspect_ratio());
   return layout;
 }
 

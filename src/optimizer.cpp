@@ -20,7 +20,8 @@ namespace {
 
 using detail::PendingUpdate;
 
-void check_gradient(const torch::Tensor& param, const torch::Tensor& grad, const std::string& who) {
+void check_gradient(
+    const torch::Tensor& param, const torch::Tensor& grad, const std::string& who, const FloraOptions& options) {
   TORCH_CHECK(!grad.is_sparse(), "Flora: the gradient of ", who, " is sparse; Flora does not support sparse gradients");
   TORCH_CHECK(
       !param.is_complex() && !grad.is_complex(),
@@ -38,6 +39,9 @@ void check_gradient(const torch::Tensor& param, const torch::Tensor& grad, const
   TORCH_CHECK(
       grad.device() == param.device(),
       "Flora: the gradient of ", who, " is on ", grad.device(), ", the parameter on ", param.device());
+  TORCH_CHECK(
+      !options.stochastic_rounding() || dtype != torch::kHalf, "Flora: ", who,
+      " is float16: stochastic_rounding(true) is for bfloat16 parameters (float16 has its own rounding)");
 }
 
 // One reduction per gradient and, per device, one read of all the results
@@ -117,7 +121,7 @@ torch::Tensor Flora::step(LossClosure closure) {
         continue;
       }
       auto who = detail::describe_parameter(index, g, i, param);
-      check_gradient(param, grad, who);
+      check_gradient(param, grad, who, options);
       pending.push_back({param, grad, &options, index, std::move(who)});
     }
   }
@@ -142,7 +146,7 @@ void Flora::step_parameter(const torch::Tensor& param, const torch::Tensor& grad
         return;
       }
       auto who = detail::describe_parameter(index, g, i, param);
-      check_gradient(param, grad, who);
+      check_gradient(param, grad, who, options);
       std::vector<PendingUpdate> pending{{param, grad, &options, index, std::move(who)}};
       run_step(state_, pending);
       return;

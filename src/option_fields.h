@@ -47,6 +47,8 @@ void for_each_option(Visit&& visit, Options&... options) {
   visit(FieldInfo{"projection", 1}, options.projection()...);
   visit(FieldInfo{"check_finite", 1}, options.check_finite()...);
   visit(FieldInfo{"capturable", 2}, options.capturable()...);
+  visit(FieldInfo{"max_aspect_ratio", 2}, options.max_aspect_ratio()...);
+  visit(FieldInfo{"stochastic_rounding", 2}, options.stochastic_rounding()...);
 }
 
 /// Reads FloraOptions written in checkpoint format `format`

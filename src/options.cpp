@@ -134,6 +134,12 @@ void validate(const FloraOptions& o, const char* where) {
   TORCH_CHECK(
       !o.capturable() || !o.check_finite(), where,
       ": capturable(true) needs check_finite(false): the check reads the gradients' flags on the host");
+  TORCH_CHECK(
+      o.max_aspect_ratio() >= 1, where, ": max_aspect_ratio must be at least 1 (infinity: no limit), got ",
+      o.max_aspect_ratio());
+  TORCH_CHECK(
+      !o.stochastic_rounding() || o.projection() == ProjectionMode::philox, where,
+      ": stochastic_rounding(true) needs the philox projection (reference mode writes parameters as flora-opt does)");
 }
 
 } // namespace flora

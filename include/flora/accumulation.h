@@ -36,6 +36,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace flora {
@@ -46,6 +47,10 @@ struct FLORA_API AccumulationOptions {
   TORCH_ARG(int64_t, rank);
   TORCH_ARG(ProjectionMode, projection) = ProjectionMode::philox;
   TORCH_ARG(int64_t, seed) = 0;
+  /// Matrices whose larger side is more than this many times the smaller
+  /// accumulate uncompressed (layout.h's rule); flora-opt's accelerator
+  /// compresses every matrix (infinity, the default).
+  TORCH_ARG(double, max_aspect_ratio) = std::numeric_limits<double>::infinity();
 };
 
 class FLORA_API CompressedAccumulator {

@@ -35,7 +35,8 @@ struct FLORA_API ParamLayout {
   bool factored = false;
   /// beta1 set and > 0.
   bool momentum = false;
-  /// momentum, rank set, factored, and compresses_momentum(shape, rank, 4).
+  /// momentum, rank set, factored, and compresses_momentum(shape, rank,
+  /// max_aspect_ratio).
   bool compressed = false;
 
   static ParamLayout of(torch::IntArrayRef shape, const FloraOptions& options);

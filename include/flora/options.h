@@ -108,6 +108,21 @@ struct FLORA_API FloraOptions
   /// With capturable steps, FloraParamState::step()/seed() are refreshed
   /// only by eager steps and at save(); the device counters are the truth.
   TORCH_ARG(bool, capturable) = false;
+  /// The largest aspect ratio (larger side over smaller) of a matrix whose
+  /// momentum is kept compressed. flora-opt's 4 keeps embeddings' momentum
+  /// uncompressed; a larger value (or infinity) compresses them on their
+  /// small side too (a 50257 x 768 token embedding keeps 50257 x rank
+  /// instead of 50257 x 768). Not in flora-opt.
+  TORCH_ARG(double, max_aspect_ratio) = 4.0;
+  /// Write bfloat16 parameters rounded up or down at random, with
+  /// probability proportional to the distance, instead of to nearest: the
+  /// stored value is right in expectation, so updates smaller than a
+  /// bfloat16 ulp are not lost and a float32 master copy is not needed. The
+  /// random bits come from a Philox stream keyed by (seed, parameter,
+  /// step): runs are reproducible and resume bit for bit. float32
+  /// parameters are unaffected; float16 ones are refused. Needs the philox
+  /// projection (the fused step). Not in flora-opt.
+  TORCH_ARG(bool, stochastic_rounding) = false;
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;

@@ -66,10 +66,16 @@ struct UpdateRule {
   float beta1 = 0, one_minus_beta1 = 0;
 };
 
-/// The parameter write: p <- p * keep - update * scale.
+/// The parameter write: p <- p * keep - update * scale, rounded to a
+/// bfloat16 parameter stochastically when asked
+/// (kernels/stochastic_rounding.h: element e draws lane e % 4 of the
+/// Philox block (step, e / 4) of rounding_key).
 struct ApplyRule {
   float keep = 1; // 1 - weight_decay * lr_t
   float scale = 0; // lr_t / max(1, RMS(update) / clip_threshold)
+  bool stochastic = false;
+  uint64_t rounding_key = 0;
+  int64_t step = 0;
 };
 
 struct Kernels {

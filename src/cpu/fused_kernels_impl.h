@@ -8,6 +8,7 @@
 
 #include "kernels/philox.h"
 #include "kernels/quantization_rule.h"
+#include "kernels/stochastic_rounding.h"
 #include "fused_kernels.h"
 
 #include <ATen/Parallel.h>
@@ -74,6 +75,31 @@ void store_float(T* p, const Vec& v, int64_t n = kWidth) {
       p[k] = static_cast<T>(tmp[k]); // round to nearest even
     }
   }
+}
+
+// The parameter's store: round to nearest, or stochastically for a
+// bfloat16 parameter when the rule asks (`flat`: the first element's index).
+template <typename T>
+void store_param(T* p, const Vec& v, int64_t width, int64_t flat, const ApplyRule& rule) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (rule.stochastic) {
+      float tmp[kWidth];
+      v.store(tmp);
+      int64_t quad = -1;
+      detail::PhiloxBlock draws{};
+      for (int64_t k = 0; k < width; ++k) {
+        const int64_t e = flat + k;
+        if (e / 4 != quad) {
+          quad = e / 4;
+          draws = detail::rounding_draws(rule.rounding_key, rule.step, quad);
+        }
+        p[k] = c10::BFloat16(
+            detail::bfloat16_bits_stochastic(tmp[k], detail::lane_of(draws, e % 4)), c10::BFloat16::from_bits());
+      }
+      return;
+    }
+  }
+  store_float(p, v, width);
 }
 
 // Lanes added in a fixed order.
@@ -389,7 +415,7 @@ void apply_typed(const TensorView& t, const UpdateRule& rule, const ApplyRule& a
       chunk_updates<T>(t, rule, begin, n, so, sn, mo, mn, [&](int64_t k, const Vec& u, int64_t width) {
         T* at = p + begin + k;
         const Vec pv = width == kWidth ? load_float(at) : load_float_partial(at, width);
-        store_float(at, pv * keep - u * scale, width);
+        store_param(at, pv * keep - u * scale, width, begin + k, apply);
       });
       if (rule.second.codes != nullptr) {
         quantize_range(rule.second, begin, n, sn);
@@ -462,11 +488,13 @@ void apply_from_typed(const TensorView& t, const float* update, const ApplyRule&
   at::parallel_for(0, t.numel(), kChunk, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + kWidth <= i1; i += kWidth) {
-      store_float(p + i, load_float(p + i) * keep - Vec::loadu(update + i) * scale);
+      store_param(p + i, load_float(p + i) * keep - Vec::loadu(update + i) * scale, kWidth, i, apply);
     }
     if (i < i1) {
       const int64_t rest = i1 - i;
-      store_float(p + i, load_float_partial(p + i, rest) * keep - Vec::loadu(update + i, static_cast<int>(rest)) * scale, rest);
+      store_param(
+          p + i, load_float_partial(p + i, rest) * keep - Vec::loadu(update + i, static_cast<int>(rest)) * scale, rest,
+          i, apply);
     }
   });
 }

@@ -118,14 +118,26 @@ void gradient_sums_cpu(at::TensorList params, at::TensorList grads, bool factore
 }
 
 // Shared by factored_step_ and full_step_: update_sq, coefficients, apply.
+// How parameter i is written: rounding stochastically when keys are given
+// (they only matter for bfloat16 parameters).
+ApplyRule apply_rule(const detail::WriteCoefficients& c, c10::ArrayRef<int64_t> rounding_keys, size_t i, int64_t step) {
+  ApplyRule a{static_cast<float>(c.keep), static_cast<float>(c.scale)};
+  if (!rounding_keys.empty()) {
+    a.stochastic = true;
+    a.rounding_key = static_cast<uint64_t>(rounding_keys[i]);
+    a.step = step;
+  }
+  return a;
+}
+
 void update_and_apply(
     const Kernels& k, const TensorView& view, const UpdateRule& rule, float* sums, const SumsLayout& layout, size_t i,
-    int64_t step, double lr, const StepHyper& h, at::Tensor rms) {
+    int64_t step, double lr, const StepHyper& h, at::Tensor rms, c10::ArrayRef<int64_t> rounding_keys) {
   const double update_sq = k.update_sq(view, rule);
   sums[layout.update_sq(static_cast<int64_t>(i))] = static_cast<float>(update_sq);
   const auto c = detail::write_coefficients(
       sums[layout.param_sq(static_cast<int64_t>(i))], update_sq, view.numel(), detail::base_step_size(step, lr, h), h);
-  k.apply(view, rule, ApplyRule{static_cast<float>(c.keep), static_cast<float>(c.scale)});
+  k.apply(view, rule, apply_rule(c, rounding_keys, i, step));
   rms.data_ptr<float>()[0] = static_cast<float>(c.param_rms);
 }
 
@@ -138,10 +150,10 @@ void factored_step_cpu(
     at::TensorList params, at::TensorList grads, at::TensorList rows, at::TensorList cols, at::TensorList exp_avgs,
     at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums, c10::ArrayRef<int64_t> steps,
     at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper, int64_t block_size,
-    OptTensor code_map) {
+    OptTensor code_map, c10::ArrayRef<int64_t> rounding_keys) {
   detail::check_factored_step_args(
       params, grads, rows, cols, exp_avgs, exp_avg_absmaxs, rms, sums, steps, counters, lr_tensor, hyper, block_size,
-      code_map);
+      code_map, rounding_keys);
   if (params.empty()) {
     return;
   }
@@ -165,7 +177,7 @@ void factored_step_cpu(
     rule.col_factor = cf;
     rule.momentum = moment_of(exp_avgs, exp_avg_absmaxs, i, block_size, code_map);
     momentum_rule(rule, h);
-    update_and_apply(k, view, rule, s, layout, i, step_of[i], lr, h, rms[i]);
+    update_and_apply(k, view, rule, s, layout, i, step_of[i], lr, h, rms[i], rounding_keys);
   }
 }
 
@@ -173,10 +185,10 @@ void full_step_cpu(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avg_sqs, at::TensorList exp_avg_sq_absmaxs,
     at::TensorList exp_avgs, at::TensorList exp_avg_absmaxs, at::TensorList rms, at::Tensor& sums,
     c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper,
-    int64_t block_size, OptTensor code_map) {
+    int64_t block_size, OptTensor code_map, c10::ArrayRef<int64_t> rounding_keys) {
   detail::check_full_step_args(
       params, grads, exp_avg_sqs, exp_avg_sq_absmaxs, exp_avgs, exp_avg_absmaxs, rms, sums, steps, counters,
-      lr_tensor, hyper, block_size, code_map);
+      lr_tensor, hyper, block_size, code_map, rounding_keys);
   if (params.empty()) {
     return;
   }
@@ -198,7 +210,7 @@ void full_step_cpu(
     rule.eps1 = static_cast<float>(h.eps1);
     rule.momentum = moment_of(exp_avgs, exp_avg_absmaxs, i, block_size, code_map);
     momentum_rule(rule, h);
-    update_and_apply(k, view, rule, s, layout, i, step_of[i], lr, h, rms[i]);
+    update_and_apply(k, view, rule, s, layout, i, step_of[i], lr, h, rms[i], rounding_keys);
   }
 }
 
@@ -226,8 +238,9 @@ void factored_normalize_cpu(
 
 void apply_updates_cpu(
     at::TensorList params, const at::Tensor& updates, at::TensorList rms, at::Tensor& sums,
-    c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper) {
-  detail::check_apply_updates_args(params, updates, rms, sums, steps, counters, lr_tensor, hyper);
+    c10::ArrayRef<int64_t> steps, at::TensorList counters, OptTensor lr_tensor, c10::ArrayRef<double> hyper,
+    c10::ArrayRef<int64_t> rounding_keys) {
+  detail::check_apply_updates_args(params, updates, rms, sums, steps, counters, lr_tensor, hyper, rounding_keys);
   if (params.empty()) {
     return;
   }
@@ -246,7 +259,7 @@ void apply_updates_cpu(
     s[layout.update_sq(static_cast<int64_t>(i))] = static_cast<float>(update_sq);
     const auto c = detail::write_coefficients(
         s[layout.param_sq(static_cast<int64_t>(i))], update_sq, m * n, detail::base_step_size(step_of[i], lr, h), h);
-    k.apply_from(view_of(params[i], params[i], true), update, ApplyRule{static_cast<float>(c.keep), static_cast<float>(c.scale)});
+    k.apply_from(view_of(params[i], params[i], true), update, apply_rule(c, rounding_keys, i, step_of[i]));
     rms[i].data_ptr<float>()[0] = static_cast<float>(c.param_rms);
   }
 }

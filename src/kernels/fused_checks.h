@@ -146,6 +146,21 @@ inline void check_hyper(const char* op, c10::ArrayRef<double> hyper, bool moment
       ") is not 0");
 }
 
+/// Stochastic rounding keys: none, or one per parameter; they are for
+/// bfloat16 parameters (float32 ones need no rounding, float16 ones would
+/// need another rule).
+inline void check_rounding_keys(const char* op, c10::ArrayRef<int64_t> keys, at::TensorList params) {
+  if (keys.empty()) {
+    return;
+  }
+  check_count(op, "rounding_keys", keys.size(), params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(
+        params[i].scalar_type() != at::kHalf, op, ": ", item("params", i),
+        " is Half: stochastic rounding (rounding_keys) is for BFloat16 parameters");
+  }
+}
+
 /// A (G, rows, cols) float32 batch for G matrices of (rows, cols).
 inline void check_batch(
     const char* op, const char* name, const at::Tensor& batch, int64_t count, int64_t rows, int64_t cols,
@@ -176,7 +191,7 @@ inline void check_factored_step_args(
     at::TensorList params, at::TensorList grads, at::TensorList rows, at::TensorList cols, at::TensorList exp_avgs,
     at::TensorList exp_avg_absmaxs, at::TensorList rms, const at::Tensor& sums, c10::ArrayRef<int64_t> steps,
     at::TensorList counters, const std::optional<at::Tensor>& lr_tensor, c10::ArrayRef<double> hyper,
-    int64_t block_size, const std::optional<at::Tensor>& code_map) {
+    int64_t block_size, const std::optional<at::Tensor>& code_map, c10::ArrayRef<int64_t> rounding_keys = {}) {
   constexpr const char* op = "factored_step_";
   check_params_and_grads(op, params, grads, true, false);
   check_hyper(op, hyper, !exp_avgs.empty());
@@ -193,13 +208,15 @@ inline void check_factored_step_args(
   check_steps(op, steps, counters, params.size());
   check_sums(op, sums, SumsLayout::of(params, true), "params[0]", params[0]);
   check_lr_tensor(op, lr_tensor, params[0]);
+  check_rounding_keys(op, rounding_keys, params);
 }
 
 inline void check_full_step_args(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avg_sqs, at::TensorList exp_avg_sq_absmaxs,
     at::TensorList exp_avgs, at::TensorList exp_avg_absmaxs, at::TensorList rms, const at::Tensor& sums,
     c10::ArrayRef<int64_t> steps, at::TensorList counters, const std::optional<at::Tensor>& lr_tensor,
-    c10::ArrayRef<double> hyper, int64_t block_size, const std::optional<at::Tensor>& code_map) {
+    c10::ArrayRef<double> hyper, int64_t block_size, const std::optional<at::Tensor>& code_map,
+    c10::ArrayRef<int64_t> rounding_keys = {}) {
   constexpr const char* op = "full_step_";
   check_params_and_grads(op, params, grads, false, false);
   check_hyper(op, hyper, !exp_avgs.empty());
@@ -215,6 +232,7 @@ inline void check_full_step_args(
   check_steps(op, steps, counters, params.size());
   check_sums(op, sums, SumsLayout::of(params, false), "params[0]", params[0]);
   check_lr_tensor(op, lr_tensor, params[0]);
+  check_rounding_keys(op, rounding_keys, params);
 }
 
 inline void check_factored_normalize_args(
@@ -237,7 +255,7 @@ inline void check_factored_normalize_args(
 inline void check_apply_updates_args(
     at::TensorList params, const at::Tensor& updates, at::TensorList rms, const at::Tensor& sums,
     c10::ArrayRef<int64_t> steps, at::TensorList counters, const std::optional<at::Tensor>& lr_tensor,
-    c10::ArrayRef<double> hyper) {
+    c10::ArrayRef<double> hyper, c10::ArrayRef<int64_t> rounding_keys = {}) {
   constexpr const char* op = "apply_updates_";
   check_params_and_grads(op, params, params, true, true);
   TORCH_CHECK(hyper.size() == 10, op, ": hyper must have 10 entries, got ", hyper.size());
@@ -252,6 +270,7 @@ inline void check_apply_updates_args(
   check_steps(op, steps, counters, params.size());
   check_sums(op, sums, SumsLayout::of(params, true), "params[0]", params[0]);
   check_lr_tensor(op, lr_tensor, params[0]);
+  check_rounding_keys(op, rounding_keys, params);
 }
 
 inline void check_philox_normal_batch_args(
