@@ -27,6 +27,7 @@ struct MomentSlice {
   void* moment; // float32 values or uint8 codes
   float* absmax; // codes: one per block
   float* batch; // its numel floats of the (G, ...) batch
+  const float* mix; // scatter with a mix: its slice of the mixed-in batch
 };
 
 struct MomentRule {
@@ -35,7 +36,24 @@ struct MomentRule {
   int64_t block; // elements per quantization block
   bool codes;
   bool aligned; // every quad can be accessed whole
+  bool mixing; // scatter: store beta * batch + (1 - beta) * mix
+  float beta, one_minus_beta;
 };
+
+// What scatter stores at [e, e + count): the batch, or its mix (the CPU's
+// product order: batch * beta + mix * (1 - beta)).
+__device__ __forceinline__ void scattered_quad(
+    const MomentSlice& d, const MomentRule& rule, int64_t e, int count, float v[4]) {
+  load_quad(d.batch + e, count, rule.aligned, v);
+  if (rule.mixing) {
+    float x[4];
+    load_quad(d.mix + e, count, rule.aligned, x);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      v[j] = __fadd_rn(__fmul_rn(v[j], rule.beta), __fmul_rn(x[j], rule.one_minus_beta));
+    }
+  }
+}
 
 constexpr size_t kMomentOther = sizeof(MomentRule) + sizeof(CodeMap);
 constexpr int kMomentTensors = tensors_within<MomentSlice>(kMomentOther);
@@ -84,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) scatter_moments_kernel(
   if (!rule.codes) {
     block_quads(begin, end, [&](int64_t e, int count) {
       float v[4];
-      load_quad(d.batch + e, count, rule.aligned, v);
+      scattered_quad(d, rule, e, count, v);
       store_quad(static_cast<float*>(d.moment) + e, count, rule.aligned, v);
     });
     return;
@@ -95,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) scatter_moments_kernel(
     float m = 0.f;
     block_quads(first, last, [&](int64_t e, int count) {
       float v[4];
-      load_quad(d.batch + e, count, rule.aligned, v);
+      scattered_quad(d, rule, e, count, v);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         m = fmaxf(m, fabsf(v[j])); // lanes past count are 0
@@ -112,7 +130,7 @@ __global__ void __launch_bounds__(kThreads) scatter_moments_kernel(
     block_quads(first, last, [&](int64_t e, int count) {
       float v[4];
       uint8_t q[4];
-      load_quad(d.batch + e, count, rule.aligned, v);
+      scattered_quad(d, rule, e, count, v);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         q[j] = quantized(map, v[j], absmax, inverse);
@@ -127,22 +145,30 @@ __global__ void __launch_bounds__(kThreads) scatter_moments_kernel(
 template <typename Kernel>
 void launch_moments(
     const Kernel& kernel, const at::Tensor& batch, at::TensorList moments, at::TensorList absmaxes, bool codes,
-    int64_t block_size, const std::optional<at::Tensor>& code_map) {
+    int64_t block_size, const std::optional<at::Tensor>& code_map, const std::optional<at::Tensor>& mix = std::nullopt,
+    double beta = 1.0) {
   const c10::cuda::CUDAGuard guard(moments[0].device());
   MomentRule rule{};
   rule.numel = moments[0].numel();
   rule.codes = codes;
   rule.chunk = codes ? block_size * std::max<int64_t>(1, kChunk / block_size) : kChunk;
   rule.block = codes ? block_size : rule.chunk;
-  rule.aligned = rule.numel % 4 == 0 && rule.chunk % 4 == 0 && (!codes || block_size % 4 == 0) && quad_aligned(batch);
+  rule.aligned = rule.numel % 4 == 0 && rule.chunk % 4 == 0 && (!codes || block_size % 4 == 0) && quad_aligned(batch) &&
+      (!mix.has_value() || quad_aligned(*mix));
+  rule.mixing = mix.has_value();
+  rule.beta = static_cast<float>(beta);
+  rule.one_minus_beta = static_cast<float>(1.0 - beta);
   ChunkPlan<MomentSlice, kMomentTensors> plan;
   float* base = batch.data_ptr<float>();
+  const float* mix_base = mix.has_value() ? mix->data_ptr<float>() : nullptr;
   for (size_t i = 0; i < moments.size(); ++i) {
     rule.aligned = rule.aligned && quad_aligned(moments[i]);
     plan.add(
         static_cast<int64_t>(i),
-        MomentSlice{moments[i].data_ptr(), codes ? absmaxes[i].data_ptr<float>() : nullptr,
-                    base + static_cast<int64_t>(i) * rule.numel},
+        MomentSlice{
+            moments[i].data_ptr(), codes ? absmaxes[i].data_ptr<float>() : nullptr,
+            base + static_cast<int64_t>(i) * rule.numel,
+            mix_base != nullptr ? mix_base + static_cast<int64_t>(i) * rule.numel : nullptr},
         ceil_div(rule.numel, rule.chunk));
   }
   const auto map = codes ? code_map_of(*code_map) : CodeMap{};
@@ -164,13 +190,13 @@ void gather_moments_cuda(
 }
 
 void scatter_moments_cuda(
-    const at::Tensor& src, at::TensorList moments, at::TensorList absmaxes, int64_t block_size,
-    const std::optional<at::Tensor>& code_map) {
-  const bool codes = detail::check_scatter_moments_args(src, moments, absmaxes, block_size, code_map);
+    const at::Tensor& src, const std::optional<at::Tensor>& mix, double beta, at::TensorList moments,
+    at::TensorList absmaxes, int64_t block_size, const std::optional<at::Tensor>& code_map) {
+  const bool codes = detail::check_scatter_moments_args(src, moments, absmaxes, block_size, code_map, mix);
   if (moments.empty()) {
     return;
   }
-  launch_moments(scatter_moments_kernel, src, moments, absmaxes, codes, block_size, code_map);
+  launch_moments(scatter_moments_kernel, src, moments, absmaxes, codes, block_size, code_map, mix, beta);
 }
 
 } // namespace

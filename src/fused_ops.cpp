@@ -33,8 +33,8 @@ TORCH_LIBRARY_FRAGMENT(flora, m) {
   m.def(
       "gather_moments_(Tensor[] moments, Tensor[] absmaxes, int block_size, Tensor? code_map, Tensor(a!) out) -> ()");
   m.def(
-      "scatter_moments_(Tensor src, Tensor(a!)[] moments, Tensor(b!)[] absmaxes, int block_size, "
-      "Tensor? code_map) -> ()");
+      "scatter_moments_(Tensor src, Tensor? mix, float beta, Tensor(a!)[] moments, Tensor(b!)[] absmaxes, "
+      "int block_size, Tensor? code_map) -> ()");
   m.def("advance_counters_(Tensor(a!)[] counters, int kappa) -> ()");
   m.def("keep_unless_resampled_(Tensor(a!) transforms, Tensor[] counters, int kappa) -> ()");
 }
@@ -175,10 +175,12 @@ void gather_moments_(List moments, List absmaxes, int64_t block_size, OptTensor 
   bump(out);
 }
 
-void scatter_moments_(const at::Tensor& src, List moments, List absmaxes, int64_t block_size, OptTensor code_map) {
+void scatter_moments_(
+    const at::Tensor& src, List moments, List absmaxes, int64_t block_size, OptTensor code_map, OptTensor mix,
+    double beta) {
   static const auto handle =
-      op<void(const at::Tensor&, List, List, int64_t, OptTensor)>("flora::scatter_moments_");
-  handle.call(src, moments, absmaxes, block_size, code_map);
+      op<void(const at::Tensor&, OptTensor, double, List, List, int64_t, OptTensor)>("flora::scatter_moments_");
+  handle.call(src, mix, beta, moments, absmaxes, block_size, code_map);
   bump(moments);
   bump(absmaxes);
 }

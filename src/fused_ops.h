@@ -133,13 +133,17 @@ FLORA_API void gather_moments_(
     int64_t block_size,
     const std::optional<at::Tensor>& code_map,
     at::Tensor& out);
-/// The moments = src[i] (quantized when they are uint8 codes).
+/// The moments = src[i], or, with `mix`, beta src[i] + (1 - beta) mix[i]
+/// (quantized when they are uint8 codes). The mixing in here, rather than in
+/// ATen ops on the batch, keeps the step free of allocations once it writes.
 FLORA_API void scatter_moments_(
     const at::Tensor& src,
     at::TensorList moments,
     at::TensorList absmaxes,
     int64_t block_size,
-    const std::optional<at::Tensor>& code_map);
+    const std::optional<at::Tensor>& code_map,
+    const std::optional<at::Tensor>& mix = std::nullopt,
+    double beta = 1.0);
 
 /// Capturable steps: step += 1; previous seed = seed; on every kappa-th step
 /// seed = next_seed(seed) (philox).

@@ -32,6 +32,7 @@
 #include "fused_ops.h"
 #include "param_state.h"
 #include "step.h"
+#include "kernels/fused_checks.h"
 #include "kernels/step_math.h"
 #include "kernels/stochastic_rounding.h"
 #include "kernels/sums_layout.h"
@@ -69,6 +70,7 @@ struct Member {
   int64_t seed = 0; // projection seed for this step (after a resample)
   int64_t previous_seed = 0; // before it
   bool resample = false;
+  torch::Tensor counters; // capturable steps: (step, seed, previous seed) on the device
 
   FloraParamState& target() {
     return state != nullptr ? *state : *fresh;
@@ -170,13 +172,6 @@ std::vector<int64_t> steps_of(const Group& g) {
   return out;
 }
 
-std::vector<torch::Tensor> counters_of(const Group& g) {
-  if (!g.capturable) {
-    return {};
-  }
-  return collect(g, [](Member& m) -> const torch::Tensor& { return m.target().counters(); });
-}
-
 // Stochastic rounding keys of bfloat16 parameters (none otherwise: float32
 // needs no rounding, and the optimizer refused float16).
 std::vector<int64_t> rounding_keys_of(const Group& g) {
@@ -251,123 +246,211 @@ void gradient_sums_and_check(std::vector<Group>& groups) {
   }
 }
 
-void run_full(Group& g) {
-  const auto& o = *g.options;
-  const bool momentum = ParamLayout::of(g.members.front()->param.sizes(), o).momentum;
-  const auto params = collect(g, [](Member& m) -> const torch::Tensor& { return m.param; });
-  const auto grads = collect(g, [](Member& m) -> const torch::Tensor& { return m.grad; });
-  const auto v = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_sq(); });
-  const auto v_absmax = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_sq_absmax(); });
-  const auto m1 = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg(); });
-  const auto m1_absmax = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_absmax(); });
-  const auto rms = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().rms(); });
-  ops::full_step_(
-      params, grads, v, v_absmax, momentum ? m1 : std::vector<torch::Tensor>{},
-      momentum ? m1_absmax : std::vector<torch::Tensor>{}, rms, g.sums, steps_of(g), counters_of(g),
-      lr_tensor_of(g), hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g), rounding_keys_of(g));
+// Everything a group's operators get in phase 2, gathered, checked and
+// given its buffers before anything is changed: a failed allocation or a
+// rejected argument throws while the step can still be abandoned.
+struct Invocation {
+  Group* group = nullptr;
+  std::vector<torch::Tensor> params, grads, rows, cols, second, second_absmax, momentum, momentum_absmax, rms, counters;
+  std::vector<int64_t> steps, rounding_keys;
+  std::optional<torch::Tensor> lr_tensor, code_map;
+  StepHyper hyper;
+  std::vector<double> hyper_values;
+  // Compressed groups: the shapes and the batched products' buffers.
+  int64_t m = 0, n = 0, r = 0;
+  bool left = true, carry_basis = false;
+  std::vector<int64_t> seeds, previous_seeds;
+  torch::Tensor u, p_new, p_old, down, gathered, carried, carry;
+};
+
+// The compressed groups' buffers: one allocation of each kind for the whole
+// step, as large as the largest chunk needs; chunks run one after another
+// and take views of them.
+struct StepBuffers {
+  int64_t u = 0, projection = 0, compressed = 0, carry = 0;
+  torch::Tensor u_buf, p_new_buf, p_old_buf, down_buf, gathered_buf, carried_buf, carry_buf;
+};
+
+torch::Tensor view_of(const torch::Tensor& buffer, std::vector<int64_t> shape) {
+  return buffer.narrow(0, 0, c10::multiply_integers(shape)).view(shape);
 }
 
-void run_factored(Group& g) {
-  const auto& o = *g.options;
-  const bool momentum = ParamLayout::of(g.members.front()->param.sizes(), o).momentum;
-  const auto params = collect(g, [](Member& m) -> const torch::Tensor& { return m.param; });
-  const auto grads = collect(g, [](Member& m) -> const torch::Tensor& { return m.grad; });
-  const auto rows = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_sq_row(); });
-  const auto cols = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_sq_col(); });
-  const auto m1 = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg(); });
-  const auto m1_absmax = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_absmax(); });
-  const auto rms = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().rms(); });
-  ops::factored_step_(
-      params, grads, rows, cols, momentum ? m1 : std::vector<torch::Tensor>{},
-      momentum ? m1_absmax : std::vector<torch::Tensor>{}, rms, g.sums, steps_of(g), counters_of(g),
-      lr_tensor_of(g), hyper_of(o, momentum), o.quantization_block_size(), code_map_for(g), rounding_keys_of(g));
-}
-
-void run_compressed(Group& g) {
+Invocation prepare(Group& g, std::vector<Member>& all) {
+  Invocation v;
+  v.group = &g;
   const auto& o = *g.options;
   const auto& first = *g.members.front();
-  const int64_t count = static_cast<int64_t>(g.members.size());
-  const int64_t m = first.param.size(0), n = first.param.size(1), r = *o.rank();
-  const bool left = projects_from_left(m, n);
-  // Eager: whether this step resamples is known (the same for the whole
-  // group); capturable: always take the basis change, kept only when due.
-  const bool carry_basis = g.capturable || first.resample;
-  const double b1 = *o.beta1();
-  const auto fp32 = first.param.options().dtype(torch::kFloat);
+  const auto layout = ParamLayout::of(first.param.sizes(), o);
+  v.params = collect(g, [](Member& m) -> const torch::Tensor& { return m.param; });
+  v.grads = collect(g, [](Member& m) -> const torch::Tensor& { return m.grad; });
+  v.rms = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().rms(); });
+  if (layout.momentum) {
+    v.momentum = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg(); });
+    v.momentum_absmax = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_absmax(); });
+  }
+  if (g.kind == Kind::full) {
+    v.second = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_sq(); });
+    v.second_absmax = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_sq_absmax(); });
+  } else {
+    v.rows = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_sq_row(); });
+    v.cols = collect(g, [](Member& m) -> const torch::Tensor& { return m.target().exp_avg_sq_col(); });
+  }
+  v.steps = steps_of(g);
+  if (g.capturable) {
+    v.counters = collect(g, [](Member& m) -> const torch::Tensor& { return m.counters; });
+  }
+  v.rounding_keys = rounding_keys_of(g);
+  v.lr_tensor = lr_tensor_of(g);
+  v.code_map = code_map_for(g);
+  v.hyper = hyper_of(o, layout.momentum);
+  v.hyper_values = ops::hyper_list(v.hyper);
+  const int64_t block = o.quantization_block_size();
 
-  const auto params = collect(g, [](Member& x) -> const torch::Tensor& { return x.param; });
-  const auto grads = collect(g, [](Member& x) -> const torch::Tensor& { return x.grad; });
-  const auto rows = collect(g, [](Member& x) -> const torch::Tensor& { return x.target().exp_avg_sq_row(); });
-  const auto cols = collect(g, [](Member& x) -> const torch::Tensor& { return x.target().exp_avg_sq_col(); });
-  const auto moments = collect(g, [](Member& x) -> const torch::Tensor& { return x.target().exp_avg(); });
-  const auto absmaxes = collect(g, [](Member& x) -> const torch::Tensor& { return x.target().exp_avg_absmax(); });
-  const auto rms = collect(g, [](Member& x) -> const torch::Tensor& { return x.target().rms(); });
-  const auto steps = steps_of(g);
-  const auto counters = counters_of(g);
-  const auto lr_tensor = lr_tensor_of(g);
-  const auto code_map = code_map_for(g);
-
-  // u for all G parameters.
-  auto u = torch::empty({count, m, n}, fp32);
-  ops::factored_normalize_(grads, rows, cols, g.sums, steps, counters, std::get<0>(o.eps()), o.decay_rate(), u);
-
-  // The projections: P (this step's basis) and, resampling, P_old.
-  const auto side = left ? ops::SeedSide::left : ops::SeedSide::right;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(r));
-  auto projections = [&](bool previous) {
-    auto p = left ? torch::empty({count, r, m}, fp32) : torch::empty({count, n, r}, fp32);
-    if (g.capturable) {
-      ops::philox_normal_batch_(p, {}, counters, previous ? 2 : 1, side, scale);
-      return p;
-    }
-    std::vector<int64_t> seeds;
+  if (g.kind == Kind::full) {
+    check_full_step_args(
+        v.params, v.grads, v.second, v.second_absmax, v.momentum, v.momentum_absmax, v.rms, g.sums, v.steps,
+        v.counters, v.lr_tensor, v.hyper_values, block, v.code_map, v.rounding_keys);
+  } else if (g.kind == Kind::factored) {
+    check_factored_step_args(
+        v.params, v.grads, v.rows, v.cols, v.momentum, v.momentum_absmax, v.rms, g.sums, v.steps, v.counters,
+        v.lr_tensor, v.hyper_values, block, v.code_map, v.rounding_keys);
+  } else {
+    v.m = first.param.size(0);
+    v.n = first.param.size(1);
+    v.r = *o.rank();
+    v.left = projects_from_left(v.m, v.n);
+    // Eager: whether this step resamples is known (the same for the whole
+    // group); capturable: always take the basis change, kept only when due.
+    v.carry_basis = g.capturable || first.resample;
     for (auto* x : g.members) {
-      seeds.push_back(previous ? x->previous_seed : x->seed);
+      v.seeds.push_back(x->seed);
+      v.previous_seeds.push_back(x->previous_seed);
     }
-    ops::philox_normal_batch_(p, seeds, {}, 0, side, scale);
-    return p;
+    // What factored_normalize_, apply_updates_ and gather/scatter_moments_
+    // check, but the buffers, which are made to measure below.
+    constexpr const char* op = "flora compressed step";
+    check_params_and_grads(op, v.params, v.grads, true, true);
+    check_state_list(op, "exp_avg_sq_rows", v.rows, v.params, at::kFloat, [&](size_t) { return v.m; });
+    check_state_list(op, "exp_avg_sq_cols", v.cols, v.params, at::kFloat, [&](size_t) { return v.n; });
+    check_state_list(op, "rms", v.rms, v.params, at::kFloat, [](size_t) { return int64_t{1}; });
+    check_counters(op, v.counters, v.params);
+    check_steps(op, v.steps, v.counters, v.params.size());
+    check_sums(op, g.sums, SumsLayout::of(v.params, true), "params[0]", v.params.front());
+    check_lr_tensor(op, v.lr_tensor, v.params.front());
+    check_rounding_keys(op, v.rounding_keys, v.params);
+    check_moments(
+        op, "exp_avgs", "exp_avg_absmaxs", v.momentum, v.momentum_absmax, v.params, block, v.code_map,
+        [&](size_t) { return v.r * std::max(v.m, v.n); });
+  }
+  (void)all;
+  return v;
+}
+
+void size_buffers(const Invocation& v, StepBuffers& b) {
+  const int64_t count = static_cast<int64_t>(v.params.size());
+  b.u = std::max(b.u, count * v.m * v.n);
+  b.projection = std::max(b.projection, count * v.r * std::min(v.m, v.n));
+  b.compressed = std::max(b.compressed, count * v.r * std::max(v.m, v.n));
+  b.carry = std::max(b.carry, v.carry_basis ? count * v.r * v.r : 0);
+}
+
+void allocate(StepBuffers& b, const torch::TensorOptions& fp32, bool carry) {
+  b.u_buf = torch::empty({b.u}, fp32);
+  b.p_new_buf = torch::empty({b.projection}, fp32);
+  b.p_old_buf = carry ? torch::empty({b.projection}, fp32) : torch::Tensor();
+  b.down_buf = torch::empty({b.compressed}, fp32);
+  b.gathered_buf = torch::empty({b.compressed}, fp32);
+  b.carried_buf = carry ? torch::empty({b.compressed}, fp32) : torch::Tensor();
+  b.carry_buf = carry ? torch::empty({b.carry}, fp32) : torch::Tensor();
+}
+
+void attach(Invocation& v, const StepBuffers& b) {
+  const int64_t count = static_cast<int64_t>(v.params.size());
+  const auto projection = v.left ? std::vector<int64_t>{count, v.r, v.m} : std::vector<int64_t>{count, v.n, v.r};
+  const auto compressed = v.left ? std::vector<int64_t>{count, v.r, v.n} : std::vector<int64_t>{count, v.m, v.r};
+  v.u = view_of(b.u_buf, {count, v.m, v.n});
+  v.p_new = view_of(b.p_new_buf, projection);
+  v.down = view_of(b.down_buf, compressed);
+  v.gathered = view_of(b.gathered_buf, compressed);
+  if (v.carry_basis) {
+    v.p_old = view_of(b.p_old_buf, projection);
+    v.carried = view_of(b.carried_buf, compressed);
+    v.carry = view_of(b.carry_buf, {count, v.r, v.r});
+  }
+}
+
+void run_full(Invocation& v) {
+  const auto& o = *v.group->options;
+  ops::full_step_(
+      v.params, v.grads, v.second, v.second_absmax, v.momentum, v.momentum_absmax, v.rms, v.group->sums, v.steps,
+      v.counters, v.lr_tensor, v.hyper, o.quantization_block_size(), v.code_map, v.rounding_keys);
+}
+
+void run_factored(Invocation& v) {
+  const auto& o = *v.group->options;
+  ops::factored_step_(
+      v.params, v.grads, v.rows, v.cols, v.momentum, v.momentum_absmax, v.rms, v.group->sums, v.steps, v.counters,
+      v.lr_tensor, v.hyper, o.quantization_block_size(), v.code_map, v.rounding_keys);
+}
+
+void run_compressed(Invocation& v) {
+  auto& g = *v.group;
+  const auto& o = *g.options;
+  const double b1 = *o.beta1();
+  const int64_t block = o.quantization_block_size();
+
+  ops::factored_normalize_(
+      v.grads, v.rows, v.cols, g.sums, v.steps, v.counters, std::get<0>(o.eps()), o.decay_rate(), v.u);
+  // The projections: P' (this step's basis) and, when the basis may change, P.
+  const auto side = v.left ? ops::SeedSide::left : ops::SeedSide::right;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(v.r));
+  auto draw = [&](torch::Tensor& out, bool previous) {
+    if (g.capturable) {
+      ops::philox_normal_batch_(out, {}, v.counters, previous ? 2 : 1, side, scale);
+    } else {
+      ops::philox_normal_batch_(out, previous ? v.previous_seeds : v.seeds, {}, 0, side, scale);
+    }
   };
-  const auto p_new = projections(false);
-  const auto p_old = carry_basis ? projections(true) : p_new;
+  draw(v.p_new, false);
+  if (v.carry_basis) {
+    draw(v.p_old, true);
+  }
+  const auto& p_old = v.carry_basis ? v.p_old : v.p_new;
   const auto p_old_t = p_old.transpose(1, 2);
 
   // down'(u) before u becomes the update.
-  const auto down = left ? torch::bmm(p_new, u) : torch::bmm(u, p_new);
-  auto momentum = torch::empty(left ? std::vector<int64_t>{count, r, n} : std::vector<int64_t>{count, m, r}, fp32);
-  ops::gather_moments_(moments, absmaxes, o.quantization_block_size(), code_map, momentum);
-  // update = (1 - b1) u + b1 up(M), in place.
-  if (left) {
-    u.baddbmm_(p_old_t, momentum, 1.0 - b1, b1);
+  if (v.left) {
+    at::bmm_out(v.down, v.p_new, v.u);
   } else {
-    u.baddbmm_(momentum, p_old_t, 1.0 - b1, b1);
+    at::bmm_out(v.down, v.u, v.p_new);
   }
-  if (carry_basis) {
-    auto carry = left ? torch::bmm(p_new, p_old_t) : torch::bmm(p_old_t, p_new);
+  ops::gather_moments_(v.momentum, v.momentum_absmax, block, v.code_map, v.gathered);
+  // update = (1 - b1) u + b1 up(M), in place.
+  if (v.left) {
+    v.u.baddbmm_(p_old_t, v.gathered, 1.0 - b1, b1);
+  } else {
+    v.u.baddbmm_(v.gathered, p_old_t, 1.0 - b1, b1);
+  }
+  torch::Tensor momentum = v.gathered;
+  if (v.carry_basis) {
+    if (v.left) {
+      at::bmm_out(v.carry, v.p_new, p_old_t);
+    } else {
+      at::bmm_out(v.carry, p_old_t, v.p_new);
+    }
     if (g.capturable) {
-      ops::keep_unless_resampled_(carry, counters, o.kappa());
+      ops::keep_unless_resampled_(v.carry, v.counters, o.kappa());
     }
-    momentum = left ? torch::bmm(carry, momentum) : torch::bmm(momentum, carry);
-  }
-  momentum.mul_(b1).add_(down, 1.0 - b1);
-  ops::scatter_moments_(momentum, moments, absmaxes, o.quantization_block_size(), code_map);
-  ops::apply_updates_(params, u, rms, g.sums, steps, counters, lr_tensor, hyper_of(o, true), rounding_keys_of(g));
-}
-
-// Capturable steps: each parameter's (step, seed, previous seed) on its
-// device, made from the host's counts on the first step (an eager step:
-// a host-to-device copy) and advanced on the device from then on. Only a
-// compressed parameter's seed ever changes (every kappa-th step), as the
-// host's does.
-void advance_device_counters(Group& g) {
-  for (auto* m : g.members) {
-    auto& state = m->target();
-    if (!state.counters().defined()) {
-      state.counters(torch::tensor({m->step - 1, m->previous_seed, m->previous_seed}, torch::kLong)
-                         .to(m->param.device()));
+    if (v.left) {
+      at::bmm_out(v.carried, v.carry, v.gathered);
+    } else {
+      at::bmm_out(v.carried, v.gathered, v.carry);
     }
+    momentum = v.carried;
   }
-  const int64_t kappa = g.kind == Kind::compressed ? g.options->kappa() : std::numeric_limits<int64_t>::max();
-  ops::advance_counters_(counters_of(g), kappa);
+  // M' = b1 T(M) + (1 - b1) down'(u), mixed as it is stored.
+  ops::scatter_moments_(momentum, v.momentum, v.momentum_absmax, block, v.code_map, v.down, b1);
+  ops::apply_updates_(v.params, v.u, v.rms, g.sums, v.steps, v.counters, v.lr_tensor, v.hyper, v.rounding_keys);
 }
 
 } // namespace
@@ -376,6 +459,7 @@ void fused_step(StateMap& states, std::vector<PendingUpdate>& pending) {
   if (pending.empty()) {
     return;
   }
+  // 1. Each parameter's state (fresh ones built aside) and this step's counts.
   std::vector<Member> members(pending.size());
   for (size_t i = 0; i < pending.size(); ++i) {
     auto& p = pending[i];
@@ -386,10 +470,9 @@ void fused_step(StateMap& states, std::vector<PendingUpdate>& pending) {
     FloraParamState* existing =
         found == states.end() ? nullptr : static_cast<FloraParamState*>(found->second.get());
     if (existing == nullptr || existing->step() == 0) {
-      // A fresh state (or one loaded before its first step): built aside,
-      // committed only after the checks.
-      m.fresh = std::make_unique<FloraParamState>(
-          initial_state(p.grad.sizes(), options, p.param.options()));
+      // A fresh state (or one loaded before its first step): committed only
+      // after the checks.
+      m.fresh = std::make_unique<FloraParamState>(initial_state(p.grad.sizes(), options, p.param.options()));
       m.fresh->seed(existing != nullptr ? existing->seed() : options.seed() + p.index);
     } else {
       m.state = existing;
@@ -403,14 +486,48 @@ void fused_step(StateMap& states, std::vector<PendingUpdate>& pending) {
       m.resample = true;
       m.seed = next_seed(m.seed, options.projection());
     }
+    if (options.capturable()) {
+      // Capturable steps keep (step, seed, previous seed) on the device: made
+      // from the host's counts on the first step (an eager step: a copy to the
+      // device), advanced there from then on.
+      m.counters = current.counters().defined()
+          ? current.counters()
+          : torch::tensor({m.step - 1, m.previous_seed, m.previous_seed}, torch::kLong).to(p.param.device());
+    }
     m.param = p.param.is_contiguous() ? p.param : p.param.contiguous();
     m.grad = p.grad.is_contiguous() ? p.grad : p.grad.contiguous();
   }
   auto groups = group_members(members);
 
-  gradient_sums_and_check(groups); // throws with nothing changed
+  // 2. Phase 1 and the finite check.
+  gradient_sums_and_check(groups);
 
-  // Commit the host-side counters and the new states.
+  // 3. Every operator's arguments, checked, and every buffer, allocated.
+  std::vector<Invocation> invocations;
+  invocations.reserve(groups.size());
+  std::map<std::string, StepBuffers> buffers;
+  std::map<std::string, std::pair<torch::TensorOptions, bool>> buffer_kind;
+  for (auto& g : groups) {
+    invocations.push_back(prepare(g, members));
+    if (g.kind == Kind::compressed) {
+      const auto device = g.members.front()->param.device();
+      size_buffers(invocations.back(), buffers[device.str()]);
+      auto& kind = buffer_kind[device.str()];
+      kind.first = torch::TensorOptions().device(device).dtype(torch::kFloat);
+      kind.second = kind.second || invocations.back().carry_basis;
+    }
+  }
+  for (auto& [device, b] : buffers) {
+    allocate(b, buffer_kind[device].first, buffer_kind[device].second);
+  }
+  for (auto& v : invocations) {
+    if (v.group->kind == Kind::compressed) {
+      attach(v, buffers[v.params.front().device().str()]);
+    }
+  }
+
+  // 4. Commit: from here on nothing is checked or allocated that could throw
+  //    but a device failure.
   for (auto& m : members) {
     if (m.fresh) {
       auto& slot = states[m.pending->param.unsafeGetTensorImpl()];
@@ -419,22 +536,28 @@ void fused_step(StateMap& states, std::vector<PendingUpdate>& pending) {
     }
     m.state->step(m.step);
     m.state->seed(m.seed);
-  }
-  for (auto& g : groups) {
-    if (g.capturable) {
-      advance_device_counters(g);
+    if (m.counters.defined()) {
+      m.state->counters(m.counters);
     }
   }
-  for (auto& g : groups) {
-    switch (g.kind) {
+  for (auto& v : invocations) {
+    if (v.group->capturable) {
+      // Only a compressed parameter's seed ever changes, as on the host.
+      const auto kind = v.group->kind;
+      ops::advance_counters_(
+          v.counters, kind == Kind::compressed ? v.group->options->kappa() : std::numeric_limits<int64_t>::max());
+    }
+  }
+  for (auto& v : invocations) {
+    switch (v.group->kind) {
       case Kind::full:
-        run_full(g);
+        run_full(v);
         break;
       case Kind::factored:
-        run_factored(g);
+        run_factored(v);
         break;
       case Kind::compressed:
-        run_compressed(g);
+        run_compressed(v);
         break;
     }
   }

@@ -4,6 +4,7 @@
 
 #include "kernels/dtypes.h"
 #include "param_state.h"
+#include "state_fields.h"
 #include "step.h"
 
 #include <flora/optimizer.h>
@@ -71,16 +72,73 @@ void check_all_finite(const std::vector<PendingUpdate>& pending) {
   }
 }
 
+// What flora-opt's sequence (reference mode) changes, copied before it runs:
+// that sequence allocates as it goes, so a failure half-way (out of memory,
+// say) is undone from here rather than prevented. The fused step needs no
+// copy: it allocates and checks everything before its first write.
+class ReferenceUndo {
+ public:
+  ReferenceUndo(detail::StateMap& states, const std::vector<PendingUpdate>& pending) : states_(states) {
+    for (const auto& p : pending) {
+      params_.emplace_back(p.param, p.param.detach().clone());
+      void* key = p.param.unsafeGetTensorImpl();
+      const auto found = states.find(key);
+      std::unique_ptr<FloraParamState> copy;
+      if (found != states.end()) {
+        copy = std::make_unique<FloraParamState>(static_cast<const FloraParamState&>(*found->second));
+        detail::for_each_state_tensor(
+            [](const detail::FieldInfo&, torch::Tensor& t) {
+              if (t.defined()) {
+                t = t.clone();
+              }
+            },
+            *copy);
+      }
+      states_before_.emplace_back(key, std::move(copy));
+    }
+  }
+
+  void restore() {
+    torch::NoGradGuard no_grad;
+    for (auto& [param, copy] : params_) {
+      param.copy_(copy);
+    }
+    for (auto& [key, copy] : states_before_) {
+      if (copy) {
+        states_[key] = std::move(copy);
+      } else {
+        states_.erase(key);
+      }
+    }
+  }
+
+ private:
+  detail::StateMap& states_;
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> params_;
+  std::vector<std::pair<void*, std::unique_ptr<FloraParamState>>> states_before_;
+};
+
 // Reference-mode parameters go through flora-opt's sequence, the others
-// through the fused step; every check comes before the first change.
+// through the fused step. An error anywhere leaves the parameters and the
+// state as they were.
 void run_step(detail::StateMap& states, std::vector<PendingUpdate>& pending) {
   std::vector<PendingUpdate> reference, fused;
   for (auto& p : pending) {
     (p.options->projection() == ProjectionMode::reference ? reference : fused).push_back(std::move(p));
   }
   check_all_finite(reference);
-  detail::fused_step(states, fused); // checks its own gradients first
-  detail::reference_step(states, reference);
+  if (reference.empty()) {
+    detail::fused_step(states, fused); // checks and allocates everything before its first write
+    return;
+  }
+  ReferenceUndo undo(states, reference);
+  try {
+    detail::reference_step(states, reference);
+    detail::fused_step(states, fused);
+  } catch (...) {
+    undo.restore();
+    throw;
+  }
 }
 
 } // namespace
@@ -129,30 +187,55 @@ torch::Tensor Flora::step(LossClosure closure) {
   return loss;
 }
 
-void Flora::step_parameter(const torch::Tensor& param, const torch::Tensor& grad) {
-  torch::NoGradGuard no_grad;
+const Flora::Location* Flora::locate(const torch::Tensor& param) {
+  size_t count = 0;
+  for (const auto& g : param_groups_) {
+    count += g.params().size();
+  }
+  auto lookup = [&]() -> const Location* {
+    const auto it = locations_.find(param.unsafeGetTensorImpl());
+    if (it == locations_.end()) {
+      return nullptr;
+    }
+    const auto& at = it->second;
+    const bool current = at.group < param_groups_.size() && at.position < param_groups_[at.group].params().size() &&
+        param_groups_[at.group].params()[at.position].is_same(param);
+    return current ? &at : nullptr;
+  };
+  if (count == located_) {
+    if (const auto* at = lookup()) {
+      return at;
+    }
+  }
+  // The groups changed (or this tensor is not a parameter): index them again.
+  locations_.clear();
   int64_t index = 0;
   for (size_t g = 0; g < param_groups_.size(); ++g) {
     const auto& params = param_groups_[g].params();
     for (size_t i = 0; i < params.size(); ++i) {
-      ++index;
-      if (!params[i].is_same(param)) {
-        continue;
-      }
-      const auto& options = static_cast<const FloraOptions&>(param_groups_[g].options());
-      const std::string where = "Flora: " + detail::group_name(g);
-      validate(options, where.c_str());
-      if (!grad.defined() || param.numel() == 0) {
-        return;
-      }
-      auto who = detail::describe_parameter(index, g, i, param);
-      check_gradient(param, grad, who, options);
-      std::vector<PendingUpdate> pending{{param, grad, &options, index, std::move(who)}};
-      run_step(state_, pending);
-      return;
+      locations_.emplace(params[i].unsafeGetTensorImpl(), Location{g, i, ++index});
     }
   }
-  TORCH_CHECK(false, "Flora::step_parameter: the tensor of shape ", param.sizes(), " is not a parameter of this optimizer");
+  located_ = count;
+  return lookup();
+}
+
+void Flora::step_parameter(const torch::Tensor& param, const torch::Tensor& grad) {
+  torch::NoGradGuard no_grad;
+  const Location* at = locate(param);
+  TORCH_CHECK(
+      at != nullptr, "Flora::step_parameter: the tensor of shape ", param.sizes(), " is not a parameter of this optimizer");
+  const size_t g = at->group;
+  const auto& options = static_cast<const FloraOptions&>(param_groups_[g].options());
+  const std::string where = "Flora: " + detail::group_name(g);
+  validate(options, where.c_str());
+  if (!grad.defined() || param.numel() == 0) {
+    return;
+  }
+  auto who = detail::describe_parameter(at->index, g, at->position, param);
+  check_gradient(param, grad, who, options);
+  std::vector<PendingUpdate> pending{{param, grad, &options, at->index, std::move(who)}};
+  run_step(state_, pending);
 }
 
 int64_t Flora::state_bytes() const {

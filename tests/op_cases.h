@@ -398,14 +398,19 @@ inline const std::vector<OpCase>& op_cases() {
        [](const torch::Device& d) {
          OpArgs a;
          a["src"] = seeded_randn({2, 3, 4}, 122, d);
+         a["mix"] = seeded_randn({2, 3, 4}, 123, d);
          a["moments[0]"] = torch::empty({3, 4}, torch::device(d));
          a["moments[1]"] = torch::empty({3, 4}, torch::device(d));
          return a;
        },
-       [](OpArgs& a) { ops::scatter_moments_(a["src"], a.list("moments"), {}, kCaseBlockSize, std::nullopt); },
-       [](OpArgs& a) { detail::check_scatter_moments_args(a["src"], a.list("moments"), {}, kCaseBlockSize, std::nullopt); },
+       [](OpArgs& a) {
+         ops::scatter_moments_(a["src"], a.list("moments"), {}, kCaseBlockSize, std::nullopt, a["mix"], 0.9);
+       },
+       [](OpArgs& a) {
+         detail::check_scatter_moments_args(a["src"], a.list("moments"), {}, kCaseBlockSize, std::nullopt, a["mix"]);
+       },
        {"moments[0]", "moments[1]"},
-       {"src", "moments[1]"}},
+       {"src", "mix", "moments[1]"}},
       {"advance_counters_",
        [](const torch::Device& d) {
          OpArgs a;

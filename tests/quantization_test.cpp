@@ -4,6 +4,10 @@
 
 #include "parity_fixture.h"
 #include "test_util.h"
+#include "kernels/code_lookup.h"
+
+#include <cstring>
+#include <random>
 
 #include <flora/flora.h>
 
@@ -244,6 +248,37 @@ TEST(QuantizedFlora, CheckpointsHoldTheCodesAndResumeExactly) {
     EXPECT_TRUE(torch::equal(straight[i], resumed[i])) << i;
   }
 
+}
+
+} // namespace
+
+namespace {
+
+// The CPU kernels' table-driven search gives nearest_code's answer: at both
+// ends of every 16-bit bucket of floats, in the middle, and at a million
+// random patterns (and every input maps as the rule says, NaN included).
+TEST(CodeLookup, EqualsTheBinarySearchEverywhere) {
+  const auto map = flora::dynamic_code_map();
+  const float* m = map.data_ptr<float>();
+  const auto lookup = flora::detail::CodeLookup::of(m);
+  auto check = [&](uint32_t bits) {
+    float v;
+    std::memcpy(&v, &bits, sizeof v);
+    ASSERT_EQ(lookup->nearest(v), flora::detail::nearest_code(m, v)) << std::hex << bits;
+  };
+  for (uint32_t top = 0; top < 65536; ++top) {
+    for (const uint32_t low : {0x0000u, 0x0001u, 0x7FFFu, 0x8000u, 0xFFFEu, 0xFFFFu}) {
+      check((top << 16) | low);
+    }
+  }
+  std::mt19937 gen(7);
+  for (int i = 0; i < 1000000; ++i) {
+    check(static_cast<uint32_t>(gen()));
+  }
+  // Every code's own value maps to that code (ties go low, as the rule says).
+  for (int c = 0; c < 256; ++c) {
+    EXPECT_EQ(lookup->nearest(m[c]), flora::detail::nearest_code(m, m[c]));
+  }
 }
 
 } // namespace

@@ -14,6 +14,7 @@
 #include <torch/optim/serialize.h>
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 namespace flora {
@@ -81,6 +82,19 @@ class FLORA_API Flora : public torch::optim::Optimizer {
   /// included): the entry point of the update fused into backward
   /// (FusedBackward). The parameter's .grad is not used.
   void step_parameter(const torch::Tensor& param, const torch::Tensor& grad);
+
+ private:
+  // Where each parameter sits, for step_parameter (called once per
+  // parameter per step by FusedBackward): built on first use and rebuilt
+  // when the groups change, so that a lookup is not a scan of every group.
+  struct Location {
+    size_t group;
+    size_t position;
+    int64_t index; // 1-based over all groups
+  };
+  std::unordered_map<const void*, Location> locations_;
+  size_t located_ = 0; // parameters in all groups when locations_ was built
+  const Location* locate(const torch::Tensor& param);
 };
 
 } // namespace flora

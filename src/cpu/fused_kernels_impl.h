@@ -7,6 +7,7 @@
 // instruction set rounds the same multiply-then-add.
 
 #include "kernels/philox.h"
+#include "kernels/code_lookup.h"
 #include "kernels/quantization_rule.h"
 #include "kernels/stochastic_rounding.h"
 #include "fused_kernels.h"
@@ -153,7 +154,7 @@ double ordered_sum(const std::vector<double>& parts) {
 
 // The codes of one block of floats (bitsandbytes' rule, quantization.h):
 // absmax ignores NaN; an all-zero block gets code 0 everywhere.
-void quantize_block(const float* x, int64_t n, const float* map, uint8_t* q, float* absmax) {
+void quantize_block(const float* x, int64_t n, const detail::CodeLookup& lookup, uint8_t* q, float* absmax) {
   float m = 0.0f;
   for (int64_t i = 0; i < n; ++i) {
     const float a = std::fabs(x[i]);
@@ -166,7 +167,7 @@ void quantize_block(const float* x, int64_t n, const float* map, uint8_t* q, flo
   }
   const float inverse = 1.0f / m;
   for (int64_t i = 0; i < n; ++i) {
-    q[i] = detail::nearest_code(map, x[i] * inverse);
+    q[i] = lookup.nearest(x[i] * inverse);
   }
 }
 
@@ -177,11 +178,11 @@ void dequantize_range(const Moment& m, int64_t begin, int64_t n, float* out) {
   }
 }
 
-void quantize_range(const Moment& m, int64_t begin, int64_t n, const float* x) {
+void quantize_range(const Moment& m, int64_t begin, int64_t n, const float* x, const detail::CodeLookup& lookup) {
   // begin is a block boundary; the last block may be short.
   for (int64_t off = 0; off < n; off += m.block) {
     const int64_t len = std::min(m.block, n - off);
-    quantize_block(x + off, len, m.code_map, m.codes + begin + off, m.absmax + (begin + off) / m.block);
+    quantize_block(x + off, len, lookup, m.codes + begin + off, m.absmax + (begin + off) / m.block);
   }
 }
 
@@ -402,6 +403,8 @@ void apply_typed(const TensorView& t, const UpdateRule& rule, const ApplyRule& a
   const int64_t chunk = chunk_length(rule);
   const int64_t chunks = (t.numel() + chunk - 1) / chunk;
   const Vec keep(apply.keep), scale(apply.scale);
+  const float* map = rule.second.codes != nullptr ? rule.second.code_map : rule.momentum.code_map;
+  const auto lookup = map != nullptr ? detail::CodeLookup::of(map) : nullptr;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<float> second_buf, momentum_buf;
     for (int64_t c = c0; c < c1; ++c) {
@@ -418,10 +421,10 @@ void apply_typed(const TensorView& t, const UpdateRule& rule, const ApplyRule& a
         store_param(at, pv * keep - u * scale, width, begin + k, apply);
       });
       if (rule.second.codes != nullptr) {
-        quantize_range(rule.second, begin, n, sn);
+        quantize_range(rule.second, begin, n, sn, *lookup);
       }
       if (rule.momentum.codes != nullptr) {
-        quantize_range(rule.momentum, begin, n, mn);
+        quantize_range(rule.momentum, begin, n, mn, *lookup);
       }
     }
   });
@@ -593,11 +596,12 @@ void dequantize(const Moment& m, int64_t n, float* out) {
 
 void quantize(const float* x, int64_t n, const Moment& m) {
   const int64_t blocks = (n + m.block - 1) / m.block;
+  const auto lookup = detail::CodeLookup::of(m.code_map);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t begin = b * m.block;
       const int64_t len = std::min(m.block, n - begin);
-      quantize_block(x + begin, len, m.code_map, m.codes + begin, m.absmax + b);
+      quantize_block(x + begin, len, *lookup, m.codes + begin, m.absmax + b);
     }
   });
 }

@@ -300,16 +300,29 @@ void gather_moments_cpu(
 }
 
 void scatter_moments_cpu(
-    const at::Tensor& src, at::TensorList moments, at::TensorList absmaxes, int64_t block_size, OptTensor code_map) {
-  const bool quantized = detail::check_scatter_moments_args(src, moments, absmaxes, block_size, code_map);
+    const at::Tensor& src, OptTensor mix, double beta, at::TensorList moments, at::TensorList absmaxes,
+    int64_t block_size, OptTensor code_map) {
+  const bool quantized = detail::check_scatter_moments_args(src, moments, absmaxes, block_size, code_map, mix);
   if (moments.empty()) {
     return;
   }
   const int64_t each = moments[0].numel();
   const float* s = src.data_ptr<float>();
+  const float* x = mix.has_value() ? mix->data_ptr<float>() : nullptr;
+  const float b = static_cast<float>(beta), omb = static_cast<float>(1.0 - beta);
   const auto& k = kernels();
+  std::vector<float> mixed(x != nullptr ? static_cast<size_t>(each) : 0);
   for (size_t i = 0; i < moments.size(); ++i) {
     const float* from = s + static_cast<int64_t>(i) * each;
+    if (x != nullptr) {
+      const float* other = x + static_cast<int64_t>(i) * each;
+      at::parallel_for(0, each, 16384, [&](int64_t e0, int64_t e1) {
+        for (int64_t e = e0; e < e1; ++e) {
+          mixed[e] = from[e] * b + other[e] * omb;
+        }
+      });
+      from = mixed.data();
+    }
     if (quantized) {
       k.quantize(from, each, moment_of(moments, absmaxes, i, block_size, code_map));
     } else {

@@ -2,6 +2,7 @@
 
 #include "kernels/checks.h"
 #include "kernels/contiguous.h"
+#include "kernels/code_lookup.h"
 #include "kernels/quantization_rule.h"
 
 #include <ATen/ATen.h>
@@ -27,6 +28,7 @@ void quantize_blockwise_cpu(
   const float* map = map_tensor.data_ptr<float>();
   uint8_t* q = codes.get().data_ptr<uint8_t>();
   float* am = absmax.get().data_ptr<float>();
+  const auto lookup = detail::CodeLookup::of(map);
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t first = b * block_size;
@@ -42,7 +44,7 @@ void quantize_blockwise_cpu(
       }
       const float inverse = 1.0f / m;
       for (int64_t i = first; i < last; ++i) {
-        q[i] = detail::nearest_code(map, xs[i] * inverse);
+        q[i] = lookup->nearest(xs[i] * inverse);
       }
     }
   });

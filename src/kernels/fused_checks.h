@@ -327,8 +327,16 @@ inline bool check_gather_moments_args(
 
 inline bool check_scatter_moments_args(
     const at::Tensor& src, at::TensorList moments, at::TensorList absmaxes, int64_t block_size,
-    const std::optional<at::Tensor>& code_map) {
-  return check_moment_batch_args("scatter_moments_", "src", src, moments, absmaxes, block_size, code_map);
+    const std::optional<at::Tensor>& code_map, const std::optional<at::Tensor>& mix = std::nullopt) {
+  constexpr const char* op = "scatter_moments_";
+  const bool quantized = check_moment_batch_args(op, "src", src, moments, absmaxes, block_size, code_map);
+  if (mix.has_value() && !moments.empty()) {
+    check_dtype(op, "mix", *mix, at::kFloat);
+    check_shape(op, "mix", *mix, src.sizes());
+    check_device(op, "mix", *mix, "src", src);
+    check_contiguous(op, "mix", *mix);
+  }
+  return quantized;
 }
 
 inline void check_advance_counters_args(at::TensorList counters, int64_t kappa) {

@@ -564,6 +564,17 @@ TEST_F(CudaFusedOps, GatherAndScatterMomentsMatchCpu) {
           EXPECT_TRUE(torch::equal(back_abs_gpu[g].cpu(), back_abs_cpu[g])) << where << " scatter absmax " << g;
         }
       }
+      // Scatter with a mix (the optimizer's b1 T(M) + (1 - b1) down'(u)):
+      // the same products in the same order on both devices.
+      const auto mix = randn({3, shape[0], shape[1]}, 811, 0.3);
+      flora::ops::scatter_moments_(src, back_cpu, back_abs_cpu, b, map, mix, 0.9);
+      flora::ops::scatter_moments_(src.cuda(), back_gpu, back_abs_gpu, b, map, mix.cuda(), 0.9);
+      for (size_t g = 0; g < 3; ++g) {
+        EXPECT_TRUE(torch::equal(back_gpu[g].cpu(), back_cpu[g])) << where << " scatter with mix " << g;
+        if (codes) {
+          EXPECT_TRUE(torch::equal(back_abs_gpu[g].cpu(), back_abs_cpu[g])) << where << " scatter with mix absmax " << g;
+        }
+      }
     }
   }
 }
