@@ -66,7 +66,8 @@ RunResult train(
     const OptimizerSpec& spec,
     const TrainOptions& options,
     const torch::Device& device,
-    const std::function<void(const std::string&)>& log) {
+    const std::function<void(const std::string&)>& log,
+    const DataParallel* parallel) {
   TORCH_CHECK(options.steps > 0, "--steps must be positive, got ", options.steps);
   TORCH_CHECK(options.grad_accum > 0, "--grad-accum must be positive, got ", options.grad_accum);
   TORCH_CHECK(options.batch_size > 0, "--batch-size must be positive, got ", options.batch_size);
@@ -90,15 +91,24 @@ RunResult train(
     }
   };
 
+  const int64_t rank = parallel ? parallel->rank() : 0;
+  const int64_t world = parallel ? parallel->size() : 1;
+  // Rank 0 evaluates: the replicas are identical, and the others wait for
+  // it in the next step's exchange.
+  const bool evaluates = rank == 0;
+  result.world_size = world;
+
   model->set_activation_checkpointing(options.activation_checkpointing);
-  BatchSampler sampler(split.train, options.block_size, options.batch_size, options.seed);
+  BatchSampler sampler(split.train, options.block_size, options.batch_size, options.seed, rank, world);
   const auto [eval_x, eval_y] = eval_blocks(split.valid, options.block_size, options.eval_max_blocks);
 
   const RunMemory memory(device, model->parameters());
   OptimizerSpec step_spec = spec;
   step_spec.micro_batches = options.grad_accum;
-  auto stepper = make_stepper(step_spec, model->parameters());
-  result.initial_eval_loss = evaluate(model, eval_x, eval_y, eval_batch, device);
+  auto stepper = make_stepper(step_spec, model->parameters(), parallel); // broadcasts rank 0's parameters
+  const int64_t bytes_at_start = stepper->bytes_communicated(); // the broadcast is not a step's
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  result.initial_eval_loss = evaluates ? evaluate(model, eval_x, eval_y, eval_batch, device) : nan;
   {
     char line[256];
     std::snprintf(line, sizeof(line), "[%s] %s: initial eval loss %.4f", spec.name.c_str(), result.label.c_str(),
@@ -107,7 +117,8 @@ RunResult train(
   }
 
   model->train();
-  const int64_t tokens_per_step = options.batch_size * options.block_size * options.grad_accum;
+  // Over all ranks.
+  const int64_t tokens_per_step = options.batch_size * options.block_size * options.grad_accum * world;
   double train_seconds = 0;
   double window_seconds = 0;
   int64_t window_steps = 0;
@@ -130,6 +141,11 @@ RunResult train(
       }
       stepper->finish_step();
       loss_value = step_loss.item<double>(); // synchronises
+      if (parallel) {
+        // The mean over ranks: what the step trained on, and the same value
+        // everywhere, so that every rank stops together on a non-finite loss.
+        loss_value = parallel->mean(loss_value);
+      }
       TORCH_CHECK(std::isfinite(loss_value), "the loss is ", loss_value, " (learning rate too high?)");
     } catch (const c10::Error& e) {
       result.failure = "stopped at step " + std::to_string(step) + ": " + e.what_without_backtrace();
@@ -146,7 +162,8 @@ RunResult train(
     record.train_loss = loss_value;
     record.lr = lr;
     record.elapsed_s = train_seconds;
-    const bool do_eval = step == options.steps || (options.eval_every > 0 && step % options.eval_every == 0);
+    const bool do_eval =
+        evaluates && (step == options.steps || (options.eval_every > 0 && step % options.eval_every == 0));
     if (do_eval) {
       record.eval_loss = evaluate(model, eval_x, eval_y, eval_batch, device);
       last_eval = record.eval_loss;
@@ -175,7 +192,20 @@ RunResult train(
   result.state_bytes = stepper->state_bytes();
   result.train_seconds = train_seconds;
   const auto done = static_cast<int64_t>(result.records.size());
-  const double nan = std::numeric_limits<double>::quiet_NaN();
+  result.parameter_digest = tensor_digest(model->parameters());
+  if (parallel) {
+    if (done > 0) {
+      result.bytes_per_step =
+          static_cast<double>(stepper->bytes_communicated() - bytes_at_start) / static_cast<double>(done);
+    }
+    // Data-parallel training keeps the replicas identical bit for bit; check
+    // that it did (a collective: every rank gets here, failed or not, since
+    // the loss that stops a run is the same on every rank).
+    if (!parallel->all_equal(result.parameter_digest) && result.failure.empty()) {
+      result.failure = "finished with parameters that differ between the ranks (data-parallel replicas out of sync)";
+      emit("[" + spec.name + "] " + result.failure);
+    }
+  }
   result.ms_per_step = done > 0 ? 1000.0 * train_seconds / static_cast<double>(done) : nan;
   result.tokens_per_s = done > 0 ? static_cast<double>(tokens_per_step * done) / train_seconds : nan;
   const int64_t window = std::min(options.final_loss_window, done);

@@ -15,7 +15,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <flora/state_bytes.h>
+
 #include <chrono>
+#include <limits>
 
 namespace flora::gpt2 {
 namespace {
@@ -429,6 +432,68 @@ TEST(Gpt2Train, Bfloat16Trains) {
     EXPECT_GT(state_bytes[0], 0) << name;
     EXPECT_EQ(state_bytes[1], state_bytes[0]) << name;
   }
+}
+
+// --max-aspect-ratio inf compresses the momentum of the token embedding
+// (512 x 64, aspect 8: a 512 x 8 momentum at rank 8 instead of 512 x 64):
+// the state is what the library's estimate says for those options, and
+// smaller than under flora-opt's rule.
+TEST(Gpt2Train, UnlimitedAspectRatioCompressesTheEmbeddingMomentum) {
+  TrainOptions options;
+  options.steps = 2;
+  options.batch_size = 4;
+  options.block_size = 16;
+  options.warmup_steps = 0;
+  options.eval_every = 0;
+  options.eval_max_blocks = 2;
+  options.log_every = 0;
+  int64_t state[2] = {0, 0};
+  for (const double aspect : {4.0, std::numeric_limits<double>::infinity()}) {
+    OptimizerSpec spec;
+    spec.name = "flora";
+    spec.lr = 0.1;
+    spec.rank = 8;
+    spec.max_aspect_ratio = aspect;
+    auto model = load_pretrained(testing::tiny_model_dir());
+    std::vector<std::vector<int64_t>> shapes;
+    for (const auto& p : model->parameters()) {
+      shapes.push_back(p.sizes().vec());
+    }
+    const auto r = train(model, corpus(), spec, options, torch::kCPU);
+    ASSERT_TRUE(r.failure.empty()) << r.failure;
+    EXPECT_EQ(r.state_bytes, estimate_state_bytes(shapes, flora_options(spec))) << aspect;
+    state[std::isinf(aspect)] = r.state_bytes;
+  }
+  EXPECT_EQ(state[0] - state[1], 512 * (64 - 8) * 4); // the embedding's momentum, float32
+}
+
+// --stochastic-rounding: bfloat16 training that is reproducible for a seed
+// and rounds differently from round-to-nearest.
+TEST(Gpt2Train, StochasticRoundingOfBfloat16Parameters) {
+  TrainOptions options;
+  options.steps = 3;
+  options.batch_size = 4;
+  options.block_size = 16;
+  options.warmup_steps = 0;
+  options.eval_every = 0;
+  options.eval_max_blocks = 2;
+  options.log_every = 0;
+  auto run = [&](bool stochastic) {
+    OptimizerSpec spec;
+    spec.name = "flora";
+    spec.lr = 0.1;
+    spec.rank = 8;
+    spec.stochastic_rounding = stochastic;
+    auto model = load_pretrained(testing::tiny_model_dir(), torch::kBFloat16);
+    const auto r = train(model, corpus(), spec, options, torch::kCPU);
+    EXPECT_TRUE(r.failure.empty()) << r.failure;
+    EXPECT_EQ(r.label.find(",sr") != std::string::npos, stochastic) << r.label;
+    return r.parameter_digest;
+  };
+  const auto nearest = run(false);
+  const auto stochastic = run(true);
+  EXPECT_NE(stochastic, nearest);
+  EXPECT_EQ(run(true), stochastic); // seeded: the same bits again
 }
 
 } // namespace
