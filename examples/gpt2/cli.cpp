@@ -335,6 +335,13 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
   flags.flag("--activation-checkpointing", t.activation_checkpointing,
              "recompute transformer blocks in backward instead of storing activations");
   int64_t seed = 0;
+  flags.path("--checkpoint", s.checkpoint,
+             "write each run's state to DIR/<optimizer>.pt (model, optimizer, accumulator, data-parallel exchange, "
+             "step, loss curve) at the end, and every --checkpoint-every steps");
+  flags.integer("--checkpoint-every", t.checkpoint_every, 1, kNoLimit, "with --checkpoint: also every N steps");
+  flags.flag("--resume", s.resume, "continue each run from its --checkpoint file, with the flags it started with");
+  flags.integer("--stop-after", t.stop_after, 1, kNoLimit,
+                "end after step N of the --steps schedule (with --checkpoint, to --resume later)");
   flags.integer("--seed", seed, 0, kMaxSeed, "seed of the batch order and of --init-config's weights");
   flags.choice("--device", s.device, {"cpu", "cuda", "auto"}, "auto: cuda when available");
   flags.choice("--dtype", s.dtype, {"float32", "bfloat16"},
@@ -422,6 +429,28 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
     throw UsageError("--max-aspect-ratio '" + format_number(s.max_aspect_ratio) +
                      "' chooses which momenta (and with --compression-rank, which exchanged gradients) are "
                      "compressed, and --rank 0 compresses none");
+  }
+  // Checkpoints.
+  if (flags.given("--checkpoint-every") && s.checkpoint.empty()) {
+    throw UsageError("--checkpoint-every '" + std::to_string(t.checkpoint_every) + "' needs --checkpoint DIR");
+  }
+  if (s.resume && s.checkpoint.empty()) {
+    throw UsageError("--resume needs --checkpoint DIR (where the runs to continue were saved)");
+  }
+  if (flags.given("--stop-after") && s.checkpoint.empty()) {
+    throw UsageError("--stop-after '" + std::to_string(t.stop_after) +
+                     "' ends the run early to continue it later, and without --checkpoint there is nothing to "
+                     "continue from");
+  }
+  if (flags.given("--stop-after") && t.stop_after > t.steps) {
+    throw UsageError("--stop-after '" + std::to_string(t.stop_after) + "' is past --steps " + std::to_string(t.steps));
+  }
+  if (!s.checkpoint.empty() && s.fused_backward && t.grad_accum > 1 && s.accumulation_rank > 0) {
+    throw UsageError("--checkpoint '" + s.checkpoint + "' with --fused-backward, --grad-accum " +
+                     std::to_string(t.grad_accum) + " and --accumulation-rank " +
+                     std::to_string(s.accumulation_rank) +
+                     ": flora::FusedBackward does not save its accumulator's seeds, so the run could not continue "
+                     "exactly");
   }
   // The data-parallel exchange's modes (the library's rules, with the flags
   // named). Whether this is a data-parallel run at all is prepare_run's to

@@ -68,6 +68,11 @@ struct Settings {
   /// Every rank writes its trained parameters' checksum here (empty: no).
   std::string parameter_checksums;
 
+  /// Checkpoints: DIR/<optimizer>.pt (empty: none); continue from them.
+  /// (How often, and where to stop, are TrainOptions'.)
+  std::string checkpoint;
+  bool resume = false;
+
   TrainOptions train = default_train_options();
   std::string device = "auto";
   /// "float32" or "bfloat16": parameters, activations and gradients.

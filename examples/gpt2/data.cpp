@@ -133,9 +133,9 @@ size_t BatchSampler::advance() {
 
 std::pair<torch::Tensor, torch::Tensor> BatchSampler::next() {
   // The other shards' batches of this round are passed over (the random
-  // stream advances exactly as if they were read).
-  // This shard's block starts are copied when chosen: a later shard's
-  // batch may start a new epoch, which reshuffles starts_.
+  // stream advances exactly as if they were read). This shard's block
+  // starts are copied when chosen: a later shard's batch may start a new
+  // epoch, which reshuffles starts_.
   std::vector<int64_t> mine;
   for (int64_t k = 0; k < shards_; ++k) {
     const size_t first = advance();
@@ -155,6 +155,12 @@ std::pair<torch::Tensor, torch::Tensor> BatchSampler::next() {
     std::copy(src + s + 1, src + s + 1 + block_size_, y + b * block_size_);
   }
   return {inputs, targets};
+}
+
+void BatchSampler::skip(int64_t calls) {
+  for (int64_t i = 0; i < calls * shards_; ++i) {
+    advance();
+  }
 }
 
 std::pair<torch::Tensor, torch::Tensor> eval_blocks(const torch::Tensor& tokens, int64_t block_size, int64_t max_blocks) {

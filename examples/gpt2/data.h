@@ -65,6 +65,8 @@ class BatchSampler {
 
   /// (inputs, targets), each (batch_size, block_size) int64 on the CPU.
   std::pair<torch::Tensor, torch::Tensor> next();
+  /// Passes over the next `calls` batches of next() (to resume a run).
+  void skip(int64_t calls);
 
   int64_t epoch() const {
     return epoch_;

@@ -199,6 +199,18 @@ RunPlan prepare_run(const Settings& settings) {
   if (!s.parameter_checksums.empty()) {
     check_output_dir("--parameter-checksums", s.parameter_checksums);
   }
+  if (!s.checkpoint.empty()) {
+    check_output_dir("--checkpoint", s.checkpoint);
+  }
+  if (s.resume) {
+    for (const auto& name : s.optimizers) {
+      const std::string file = join_path(s.checkpoint, name + ".pt");
+      if (!is_file(file)) {
+        throw UsageError("--resume: no checkpoint of the " + name + " run in --checkpoint '" + s.checkpoint +
+                         "' (" + file + ": " + not_found(file, false) + ")");
+      }
+    }
+  }
 
   // A data-parallel run: the launcher's variables (checked here, before
   // anything is trained; the job is joined when training starts).
@@ -405,7 +417,18 @@ int run_all(const RunPlan& plan) {
             s.dtype.c_str());
       }
     }
-    results.push_back(train(model, plan.split, spec, t, device, log, parallel.get()));
+    TrainOptions run_options = t;
+    if (!s.checkpoint.empty()) {
+      run_options.checkpoint_file = join_path(s.checkpoint, spec.name + ".pt");
+      run_options.resume = s.resume;
+      if (speaks) {
+        attributed("--checkpoint", s.checkpoint, [&] {
+          make_dirs(s.checkpoint);
+          return 0;
+        });
+      }
+    }
+    results.push_back(train(model, plan.split, spec, run_options, device, log, parallel.get()));
     if (!s.parameter_checksums.empty()) {
       // Every rank writes its own: a test (or a user) compares them.
       attributed("--parameter-checksums", s.parameter_checksums, [&] {

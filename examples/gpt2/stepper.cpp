@@ -96,6 +96,47 @@ class Exchange {
     return 0;
 #endif
   }
+  void broadcast_parameters() {
+#if FLORA_WITH_DISTRIBUTED
+    if (sync_) {
+      sync_->broadcast_parameters();
+    }
+#endif
+  }
+  /// The exchange's seeds under "exchange" (when data-parallel). A
+  /// checkpoint of a data-parallel run resumes only as one, and the other
+  /// way round: the exchange changes the gradients.
+  void save(torch::serialize::OutputArchive& archive) const {
+    archive.write("data_parallel", c10::IValue(active()));
+#if FLORA_WITH_DISTRIBUTED
+    if (sync_) {
+      torch::serialize::OutputArchive sub;
+      sync_->save(sub);
+      archive.write("exchange", sub);
+    }
+#endif
+  }
+  void load(torch::serialize::InputArchive& archive) {
+    c10::IValue saved;
+    TORCH_CHECK(archive.try_read("data_parallel", saved) && saved.isBool(), "no 'data_parallel' flag in the checkpoint");
+    TORCH_CHECK(
+        saved.toBool() == active(), "the checkpoint is of a ", saved.toBool() ? "data-parallel" : "one-process",
+        " run, and this run is ", active() ? "data-parallel" : "one process");
+#if FLORA_WITH_DISTRIBUTED
+    if (sync_) {
+      torch::serialize::InputArchive sub;
+      TORCH_CHECK(archive.try_read("exchange", sub), "no 'exchange' in the checkpoint");
+      sync_->load(sub); // a collective: every rank loads the same seeds
+    }
+#endif
+  }
+  bool active() const {
+#if FLORA_WITH_DISTRIBUTED
+    return sync_ != nullptr;
+#else
+    return false;
+#endif
+  }
 
  private:
 #if FLORA_WITH_DISTRIBUTED
@@ -143,7 +184,22 @@ class OptimizerStepper : public TrainStepper {
     optimizer_->step();
   }
   int64_t bytes_communicated() const override {
-    return exchange_.bytes();
+    return exchange().bytes();
+  }
+  void save(torch::serialize::OutputArchive& archive) const override {
+    torch::serialize::OutputArchive optimizer;
+    optimizer_->save(optimizer);
+    archive.write("optimizer", optimizer);
+    exchange().save(archive);
+  }
+  void load(torch::serialize::InputArchive& archive) override {
+    torch::serialize::InputArchive optimizer;
+    TORCH_CHECK(archive.try_read("optimizer", optimizer), "no 'optimizer' in the checkpoint");
+    optimizer_->load(optimizer);
+    exchange().load(archive);
+  }
+  void broadcast_parameters() override {
+    exchange().broadcast_parameters();
   }
   void set_lr(double lr) override {
     for (auto& group : optimizer_->param_groups()) {
@@ -160,6 +216,13 @@ class OptimizerStepper : public TrainStepper {
  protected:
   void step_optimizer() {
     optimizer_->step();
+  }
+  /// The exchange this stepper uses (a subclass may exchange something else).
+  virtual const Exchange& exchange() const {
+    return exchange_;
+  }
+  virtual Exchange& exchange() {
+    return exchange_;
   }
 
  private:
@@ -195,8 +258,25 @@ class AccumulatingStepper : public OptimizerStepper {
     accumulator_.restore();
     step_optimizer();
   }
-  int64_t bytes_communicated() const override {
-    return accumulated_exchange_.bytes();
+  void save(torch::serialize::OutputArchive& archive) const override {
+    OptimizerStepper::save(archive);
+    torch::serialize::OutputArchive accumulator;
+    accumulator_.save(accumulator); // its seeds (and empty buffers, between steps)
+    archive.write("accumulator", accumulator);
+  }
+  void load(torch::serialize::InputArchive& archive) override {
+    torch::serialize::InputArchive accumulator;
+    TORCH_CHECK(archive.try_read("accumulator", accumulator), "no 'accumulator' in the checkpoint");
+    accumulator_.load(accumulator);
+    OptimizerStepper::load(archive); // last: the exchange's load checks the ranks agree on the seeds
+  }
+
+ protected:
+  const Exchange& exchange() const override {
+    return accumulated_exchange_;
+  }
+  Exchange& exchange() override {
+    return accumulated_exchange_;
   }
 
  private:
@@ -233,6 +313,28 @@ class FusedStepper : public TrainStepper {
   void finish_step() override {}
   int64_t bytes_communicated() const override {
     return exchange_.bytes();
+  }
+  void save(torch::serialize::OutputArchive& archive) const override {
+    // A FusedBackward that accumulates at a rank keeps its accumulator's
+    // seeds to itself (flora::FusedBackward has no save/load): such a run
+    // could not resume exactly, so it is not checkpointed at all.
+    TORCH_CHECK(
+        !(spec().micro_batches > 1 && spec().accumulation_rank > 0),
+        "checkpoints of --fused-backward with --grad-accum > 1 and --accumulation-rank need the fused backward's "
+        "accumulator seeds, which flora::FusedBackward does not save");
+    torch::serialize::OutputArchive optimizer;
+    optimizer_->save(optimizer);
+    archive.write("optimizer", optimizer);
+    exchange_.save(archive);
+  }
+  void load(torch::serialize::InputArchive& archive) override {
+    torch::serialize::InputArchive optimizer;
+    TORCH_CHECK(archive.try_read("optimizer", optimizer), "no 'optimizer' in the checkpoint");
+    optimizer_->load(optimizer);
+    exchange_.load(archive);
+  }
+  void broadcast_parameters() override {
+    exchange_.broadcast_parameters();
   }
   void set_lr(double lr) override {
     for (auto& group : optimizer_->param_groups()) {

@@ -32,6 +32,7 @@
 #include <flora/options.h>
 
 #include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
 #include <torch/types.h>
 
 #include <cstdint>
@@ -111,6 +112,17 @@ class TrainStepper {
   virtual torch::optim::Optimizer& optimizer() = 0;
   /// Bytes handed to the process group so far (0 when not data-parallel).
   virtual int64_t bytes_communicated() const = 0;
+
+  /// Checkpoints: the optimizer's state, the accumulator's seeds and the
+  /// data-parallel exchange's seeds (between steps). load() checks what it
+  /// reads against this stepper; in a data-parallel run every rank loads
+  /// (the exchange's load is a collective that checks the ranks agree),
+  /// and then calls broadcast_parameters().
+  virtual void save(torch::serialize::OutputArchive& archive) const = 0;
+  virtual void load(torch::serialize::InputArchive& archive) = 0;
+  /// Data-parallel: copies rank 0's parameters to every rank (a collective);
+  /// nothing otherwise.
+  virtual void broadcast_parameters() = 0;
 
   const OptimizerSpec& spec() const {
     return spec_;

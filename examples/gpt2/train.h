@@ -39,6 +39,15 @@ struct TrainOptions {
   bool activation_checkpointing = false;
   /// Average the last this many steps' losses for "final train loss".
   int64_t final_loss_window = 20;
+  /// Checkpoint file of the run (empty: none): written (by rank 0, atomically)
+  /// every checkpoint_every steps (0: only when this invocation ends) and
+  /// after the last step; with `resume`, the run continues from it.
+  std::string checkpoint_file;
+  int64_t checkpoint_every = 0;
+  bool resume = false;
+  /// End this invocation after this step (0: run to `steps`); the schedule
+  /// is still that of `steps` steps, so a resumed run continues it.
+  int64_t stop_after = 0;
 };
 
 /// Linear warm-up from 0 to base_lr over warmup_steps, then cosine decay to
@@ -67,6 +76,9 @@ struct RunResult {
   double ms_per_step = 0;
   double tokens_per_s = 0;
   double train_seconds = 0;
+  /// The step the run resumed after (0: it started from scratch); the
+  /// speed figures cover the steps of this invocation only.
+  int64_t resumed_at = 0;
   /// Data-parallel runs: the number of ranks (1: one process), the bytes
   /// each rank handed to the process group per optimizer step (the
   /// gradient exchange; NaN when not data-parallel), and the digest of the

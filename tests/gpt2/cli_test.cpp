@@ -98,6 +98,9 @@ TEST(Gpt2Cli, EveryFlagRefusesBadValues) {
   add_values("--max-aspect-ratio", {"0.5", "0", "-inf", "nan", "abc", "", "4x", "0x10"});
   add_values("--compression-rank", {"0", "-8", "1.5", ""});
   add_values("--parameter-checksums", {"", f.not_a_dir + "/sub"});
+  add_values("--checkpoint", {"", f.not_a_dir + "/sub"});
+  add_values("--checkpoint-every", {"0", "-1", "x"}, {"--checkpoint", f.dir.file("ck")});
+  add_values("--stop-after", {"0", "-3", "1.5"}, {"--checkpoint", f.dir.file("ck")});
   // Training.
   add_values("--steps", {"0", "-5", "abc", "1.5", "", "10abc", " 5"});
   add_values("--batch-size", {"0", "-1", "x"});
@@ -180,6 +183,15 @@ TEST(Gpt2Cli, EveryFlagRefusesBadValues) {
        {"--compression-rank '8'", "--accumulation-rank '4'"}},
       {{"--optimizer", "flora", "--compression-rank", "8", "--fused-backward", "--grad-accum", "2"},
        {"--compression-rank '8'", "--fused-backward", "--grad-accum 2", "--accumulation-rank"}},
+      {{"--checkpoint-every", "10"}, {"--checkpoint-every '10'", "--checkpoint"}},
+      {{"--resume"}, {"--resume", "--checkpoint"}},
+      {{"--stop-after", "10"}, {"--stop-after '10'", "--checkpoint"}},
+      {{"--checkpoint", f.dir.file("ck"), "--steps", "10", "--stop-after", "11"}, {"--stop-after '11'", "--steps 10"}},
+      {{"--checkpoint", f.empty_dir, "--resume", "--compare", "adam,flora"},
+       {"--resume", "adam run", "--checkpoint '" + f.empty_dir + "'", "no such file"}},
+      {{"--optimizer", "flora", "--checkpoint", f.dir.file("ck"), "--fused-backward", "--grad-accum", "2",
+        "--accumulation-rank", "4"},
+       {"--checkpoint", "--fused-backward", "--accumulation-rank 4"}},
       {{"--steps", "5", "--steps", "6"}, {"--steps"}},
       {{"--steps"}, {"--steps"}},
       {{"--no-such-flag", "1"}, {"--no-such-flag"}},
@@ -225,6 +237,7 @@ TEST(Gpt2Cli, GoodValuesPassEveryCheck) {
                       "--parameter-checksums", dir.file("sums")}),
             "");
   EXPECT_EQ(error_of({"--max-aspect-ratio", "1"}), "");
+  EXPECT_EQ(error_of({"--checkpoint", dir.file("ck"), "--checkpoint-every", "100", "--stop-after", "500"}), "");
   EXPECT_EQ(error_of({"--max-aspect-ratio", "12.5", "--optimizer", "flora"}), "");
 
   // What the flags set.

@@ -149,8 +149,8 @@ std::string joined(const Args& args) {
 // A short run of the shipped tiny model: small enough for a test, long
 // enough (4 steps, a warm-up of 1) for the ranks' updates to matter. The
 // report goes to <dir>/out, the checksums to <dir>/sums.
-Args short_run(const std::string& dir) {
-  return {"--steps", "4", "--warmup-steps", "1", "--batch-size", "4", "--block-size", "32", "--eval-every", "0",
+Args short_run(const std::string& dir, const std::string& steps = "4") {
+  return {"--steps", steps, "--warmup-steps", "1", "--batch-size", "4", "--block-size", "32", "--eval-every", "0",
           "--eval-max-blocks", "2", "--log-every", "0", "--rank", "8", "--out", dir + "/out",
           "--parameter-checksums", dir + "/sums"};
 }
@@ -291,6 +291,32 @@ TEST(Gpt2DataParallel, TwoRanksEndWithIdenticalParameters) {
   // The exchanges differ, so do the trained parameters.
   EXPECT_NE(flora_checksum["plain"], flora_checksum["compressed"]);
   EXPECT_NE(flora_checksum["compressed"], flora_checksum["fused_compressed_unlimited_aspect"]);
+}
+
+// A data-parallel run with compressed exchange, stopped and resumed (every
+// rank loads the checkpoint rank 0 wrote: model, optimizer, the exchange's
+// seeds), ends where the run that never stopped ends, bit for bit.
+TEST(Gpt2DataParallel, AResumedRunContinuesBitForBit) {
+  const testing::TempDir straight, stopped;
+  Args args = short_run(straight.path(), "6");
+  args.insert(args.end(), {"--optimizer", "flora", "--compression-rank", "8"});
+  auto result = run_two_ranks(straight.path(), args);
+  ASSERT_TRUE(result.all_ok()) << result.describe();
+
+  Args first = short_run(stopped.path(), "6");
+  first.insert(first.end(), {"--optimizer", "flora", "--compression-rank", "8", "--checkpoint", stopped.file("ck")});
+  Args resumed = first;
+  first.insert(first.end(), {"--stop-after", "3"});
+  result = run_two_ranks(stopped.path(), first);
+  ASSERT_TRUE(result.all_ok()) << result.describe();
+  resumed.push_back("--resume");
+  result = run_two_ranks(stopped.path(), resumed);
+  ASSERT_TRUE(result.all_ok()) << result.describe();
+  EXPECT_NE(result.ranks[0].log.find("resumed after step 3"), std::string::npos) << result.ranks[0].log;
+
+  const auto want = read_file(straight.file("sums/flora.rank0.txt"));
+  EXPECT_EQ(read_file(stopped.file("sums/flora.rank0.txt")), want);
+  EXPECT_EQ(read_file(stopped.file("sums/flora.rank1.txt")), want);
 }
 
 // Two ranks with a batch each train the model that one process trains
