@@ -327,7 +327,7 @@ GPT2LMHeadModel initial_model(const RunPlan& plan, LoadReport* report, std::opti
 
 namespace {
 
-// One line of a rank's parameter checksum file: the digest of all
+// The text of a rank's parameter checksum file: the digest of all
 // parameters, then one per parameter (to find which one differs).
 std::string checksum_text(const RunResult& result, GPT2LMHeadModel& model) {
   std::string text;

@@ -20,8 +20,10 @@
 # Needs a built gpt2-finetune (scripts/build.sh --target gpt2-finetune).
 # Each run writes RESULTS_DIR/<name>/{log.txt,summary.csv,...}; the summary
 # lines (one per run, with the load average before and after) go to
-# RESULTS_DIR/results.txt. FLORA_MEASURE_SEEDS ("0 1 2") and
-# FLORA_MEASURE_STEPS_LARGE (the 6 x 384 runs' step count) override.
+# RESULTS_DIR/results.txt. A run whose summary.csv exists is not run again
+# (delete its directory to rerun it). FLORA_MEASURE_SEEDS ("0 1 2": tiny
+# model), FLORA_MEASURE_SEEDS_LARGE ("0": the 6 x 384 models) and
+# FLORA_MEASURE_STEPS_LARGE (200: their step count) override.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
@@ -32,7 +34,8 @@ what="${1:-all}"
 results="${2:-$root/gpt2-measure}"
 mkdir -p "$results"
 seeds="${FLORA_MEASURE_SEEDS:-0 1 2}"
-large_steps="${FLORA_MEASURE_STEPS_LARGE:-300}"
+large_seeds="${FLORA_MEASURE_SEEDS_LARGE:-0}"
+large_steps="${FLORA_MEASURE_STEPS_LARGE:-200}"
 
 machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(uname -m)"
 echo "machine: $machine" | tee -a "$results/results.txt"
@@ -43,6 +46,7 @@ run() {
   local name="$1"
   shift
   local dir="$results/$name"
+  [ -f "$dir/summary.csv" ] && return 0
   mkdir -p "$dir"
   local before after
   before="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -69,7 +73,7 @@ aspect() {
   done
   run "aspect-large512-4-s0" --optimizer flora "${large[@]}" --steps 20
   run "aspect-large512-inf-s0" --optimizer flora "${large[@]}" --steps 20 --max-aspect-ratio inf
-  for seed in $seeds; do
+  for seed in $large_seeds; do
     run "aspect-large4096-4-s$seed" --optimizer flora "${large[@]}" --steps "$large_steps" --vocab-size 4096 \
         --seed "$seed" --flora-seed "$seed"
     run "aspect-large4096-inf-s$seed" --optimizer flora "${large[@]}" --steps "$large_steps" --vocab-size 4096 \
@@ -90,7 +94,7 @@ precision() {
 
 memory() {
   local body=(--init-config custom --n-layer 12 --n-embd 768 --n-head 12 --n-positions 128
-              --batch-size 4 --block-size 128 --steps 3 --warmup-steps 1 --eval-every 0 --eval-max-blocks 4
+              --batch-size 4 --block-size 128 --steps 2 --warmup-steps 1 --eval-every 0 --eval-max-blocks 4
               --log-every 1)
   run "memory-adam-fp32" --optimizer adam "${body[@]}"
   run "memory-flora-fp32" --optimizer flora "${body[@]}"
@@ -106,6 +110,7 @@ run_ranks() {
   local name="$1"
   shift
   local dir="$results/$name"
+  [ -f "$dir/summary.csv" ] && return 0
   mkdir -p "$dir"
   local before after
   before="$(cut -d' ' -f1-3 /proc/loadavg)"
