@@ -98,6 +98,19 @@ double parse_number(const std::string& flag, const std::string& text, const Inte
   return value;
 }
 
+// A number >= 1, or "inf" (no limit): the aspect-ratio rule's limit.
+double parse_aspect_ratio(const std::string& flag, const std::string& text) {
+  double value = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  // from_chars also reads "nan", "-inf" and "infinity"; only +infinity and
+  // finite values >= 1 mean something here.
+  if (text.empty() || ec != std::errc() || ptr != end || std::isnan(value) || value < 1) {
+    throw_usage_error(flag, text, "expected a number >= 1, or inf (no limit)");
+  }
+  return value;
+}
+
 // CLI11 does the syntax (flags, values, --help); every value is taken as
 // text and converted here, because CLI11's own conversions accept nan,
 // octal and hexadecimal, and clamp or wrap out-of-range integers silently.
@@ -147,6 +160,15 @@ class Flags {
           throw_usage_error(name, raw, "expected one of " + join(choices, ", "));
         }
         out = raw;
+      }
+    });
+  }
+  /// A number >= 1 or "inf".
+  void aspect_ratio(const std::string& name, double& out, const std::string& help) {
+    auto& raw = add(name, help + " (>= 1, or inf)", "X|inf", format_number(out));
+    converters_.push_back([this, name, &raw, &out] {
+      if (given(name)) {
+        out = parse_aspect_ratio(name, raw);
       }
     });
   }
@@ -289,6 +311,17 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
                 "compress the gradient accumulation of --grad-accum micro-batches to this rank (0: off)");
   flags.flag("--fused-backward", s.fused_backward,
              "flora: update each parameter inside backward and release its gradient at once");
+  flags.aspect_ratio("--max-aspect-ratio", s.max_aspect_ratio,
+                     "flora: compress the momentum of matrices up to this aspect ratio (4: flora-opt's rule, which "
+                     "leaves embeddings uncompressed; inf: every matrix with min(shape) >= --rank)");
+  flags.flag("--stochastic-rounding", s.stochastic_rounding,
+             "flora: write bfloat16 parameters rounded up or down at random (needs --dtype bfloat16)");
+  // Data-parallel training.
+  flags.optional_integer("--compression-rank", s.compression_rank, 1, kNoLimit,
+                         "data-parallel (under torchrun): exchange gradients of compressible matrices as rank-R "
+                         "random sketches instead of in full");
+  flags.flag("--overlap", s.overlap,
+             "data-parallel: start the gradient exchange from hooks during backward");
   // Training.
   flags.integer("--steps", t.steps, 1, kNoLimit, "optimizer steps per run");
   flags.integer("--batch-size", t.batch_size, 1, kNoLimit, "sequences per micro-batch");
@@ -302,11 +335,15 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
   flags.flag("--activation-checkpointing", t.activation_checkpointing,
              "recompute transformer blocks in backward instead of storing activations");
   int64_t seed = 0;
+  flags.path("--checkpoint", s.checkpoint,
+             "write each run's state to DIR/<optimizer>.pt (model, optimizer, accumulator, data-parallel exchange, "
+             "step, loss curve) at the end, and every --checkpoint-every steps");
+  flags.integer("--checkpoint-every", t.checkpoint_every, 1, kNoLimit, "with --checkpoint: also every N steps");
+  flags.flag("--resume", s.resume, "continue each run from its --checkpoint file, with the flags it started with");
+  flags.integer("--stop-after", t.stop_after, 1, kNoLimit,
+                "end after step N of the --steps schedule (with --checkpoint, to --resume later)");
   flags.integer("--seed", seed, 0, kMaxSeed, "seed of the batch order and of --init-config's weights");
   flags.choice("--device", s.device, {"cpu", "cuda", "auto"}, "auto: cuda when available");
-  // A --stochastic-rounding flag for bfloat16 parameters belongs beside
-  // --dtype once flora::FloraOptions has that option; it is not offered
-  // before the library can do it.
   flags.choice("--dtype", s.dtype, {"float32", "bfloat16"},
                "parameters, activations and gradients (optimizer states stay float32 or 8-bit)");
   flags.integer("--threads", s.threads, 0, 1024,
@@ -338,6 +375,9 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
   flags.flag("--check-logits", s.check_logits,
              "with --save-model: also write flora_check_logits.safetensors (logits of --check-input's input_ids)");
   flags.path("--check-input", s.check_input, "safetensors file with the input_ids for --check-logits");
+  flags.path("--parameter-checksums", s.parameter_checksums,
+             "write each trained model's parameter checksum to DIR/<optimizer>.rank<R>.txt (every rank of a "
+             "data-parallel run writes its own)");
 
   flags.refuse_switch_values(args);
   std::vector<std::string> reversed(args.rbegin(), args.rend()); // CLI11 consumes from the back
@@ -372,10 +412,67 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
 
   // Flags that no requested optimizer uses.
   for (const char* name : {"--flora-lr", "--rank", "--kappa", "--beta1", "--flora-seed", "--projection",
-                           "--quantization", "--fused-backward"}) {
+                           "--quantization", "--fused-backward", "--max-aspect-ratio", "--stochastic-rounding"}) {
     if (flags.given(name) && !flora) {
       throw UsageError(std::string(name) + " applies to flora only, and " + which + " runs no flora");
     }
+  }
+  if (s.stochastic_rounding && s.dtype != "bfloat16") {
+    throw UsageError("--stochastic-rounding rounds bfloat16 parameters, and --dtype is " + s.dtype +
+                     ": add --dtype bfloat16 (float32 parameters need no rounding)");
+  }
+  if (s.stochastic_rounding && s.projection != "philox") {
+    throw UsageError("--stochastic-rounding needs --projection philox (reference mode writes parameters as "
+                     "flora-opt does), and --projection is '" + s.projection + "'");
+  }
+  if (flags.given("--max-aspect-ratio") && s.rank == 0 && !s.compression_rank) {
+    throw UsageError("--max-aspect-ratio '" + format_number(s.max_aspect_ratio) +
+                     "' chooses which momenta (and with --compression-rank, which exchanged gradients) are "
+                     "compressed, and --rank 0 compresses none");
+  }
+  // Checkpoints.
+  if (flags.given("--checkpoint-every") && s.checkpoint.empty()) {
+    throw UsageError("--checkpoint-every '" + std::to_string(t.checkpoint_every) + "' needs --checkpoint DIR");
+  }
+  if (s.resume && s.checkpoint.empty()) {
+    throw UsageError("--resume needs --checkpoint DIR (where the runs to continue were saved)");
+  }
+  if (flags.given("--stop-after") && s.checkpoint.empty()) {
+    throw UsageError("--stop-after '" + std::to_string(t.stop_after) +
+                     "' ends the run early to continue it later, and without --checkpoint there is nothing to "
+                     "continue from");
+  }
+  if (flags.given("--stop-after") && t.stop_after > t.steps) {
+    throw UsageError("--stop-after '" + std::to_string(t.stop_after) + "' is past --steps " + std::to_string(t.steps));
+  }
+  if (!s.checkpoint.empty() && s.fused_backward && t.grad_accum > 1 && s.accumulation_rank > 0) {
+    throw UsageError("--checkpoint '" + s.checkpoint + "' with --fused-backward, --grad-accum " +
+                     std::to_string(t.grad_accum) + " and --accumulation-rank " +
+                     std::to_string(s.accumulation_rank) +
+                     ": flora::FusedBackward does not save its accumulator's seeds, so the run could not continue "
+                     "exactly");
+  }
+  // The data-parallel exchange's modes (the library's rules, with the flags
+  // named). Whether this is a data-parallel run at all is prepare_run's to
+  // say (it reads the launcher's variables).
+  if (s.overlap && s.fused_backward) {
+    throw UsageError("--overlap starts the exchange of gradients after they are complete, and --fused-backward "
+                     "already exchanges each gradient inside backward, right before its update");
+  }
+  if (s.overlap && s.accumulation_rank > 0) {
+    throw UsageError("--overlap and --accumulation-rank '" + std::to_string(s.accumulation_rank) +
+                     "' conflict: the accumulator's sketches are exchanged once, after the last micro-batch");
+  }
+  if (s.compression_rank && s.accumulation_rank > 0) {
+    throw UsageError("--compression-rank '" + std::to_string(*s.compression_rank) + "' and --accumulation-rank '" +
+                     std::to_string(s.accumulation_rank) +
+                     "' conflict: the accumulator's sketches are what is exchanged (its rank decides)");
+  }
+  if (s.compression_rank && s.fused_backward && t.grad_accum > 1) {
+    throw UsageError("--compression-rank '" + std::to_string(*s.compression_rank) +
+                     "' with --fused-backward and --grad-accum " + std::to_string(t.grad_accum) +
+                     ": the fused backward exchanges its accumulated gradients as they are; compress them with "
+                     "--accumulation-rank instead");
   }
   if (flags.given("--adam-lr") && !adam) {
     throw UsageError("--adam-lr applies to adam and adamw only, and " + which + " runs neither");

@@ -54,6 +54,24 @@ struct Settings {
   std::string quantization = "none";
   int64_t accumulation_rank = 0;
   bool fused_backward = false;
+  /// Flora's compression rule: the largest aspect ratio of a matrix whose
+  /// momentum is compressed (4, flora-opt's; infinity: no limit).
+  double max_aspect_ratio = 4.0;
+  /// Flora: write bfloat16 parameters with stochastic rounding.
+  bool stochastic_rounding = false;
+
+  // Data-parallel training (under torchrun; see data_parallel.h).
+  /// Exchange compressible gradients as rank-r sketches; unset: plain.
+  std::optional<int64_t> compression_rank;
+  /// Start the exchange from hooks during backward.
+  bool overlap = false;
+  /// Every rank writes its trained parameters' checksum here (empty: no).
+  std::string parameter_checksums;
+
+  /// Checkpoints: DIR/<optimizer>.pt (empty: none); continue from them.
+  /// (How often, and where to stop, are TrainOptions'.)
+  std::string checkpoint;
+  bool resume = false;
 
   TrainOptions train = default_train_options();
   std::string device = "auto";

@@ -83,12 +83,18 @@ int64_t min_training_tokens(int64_t block_size, int64_t batch_size) {
   return (batch_size + 1) * block_size;
 }
 
-BatchSampler::BatchSampler(torch::Tensor tokens, int64_t block_size, int64_t batch_size, uint64_t seed)
+BatchSampler::BatchSampler(torch::Tensor tokens, int64_t block_size, int64_t batch_size, uint64_t seed,
+                           int64_t shard, int64_t shards)
     : tokens_(tokens.to(torch::kCPU, torch::kLong).contiguous()),
       block_size_(block_size),
       batch_size_(batch_size),
+      shard_(shard),
+      shards_(shards),
       rng_(seed) {
   TORCH_CHECK(tokens_.dim() == 1, "BatchSampler: tokens must be 1-d");
+  TORCH_CHECK(
+      shards >= 1 && shard >= 0 && shard < shards, "BatchSampler: shard must be in [0, shards), got shard ", shard,
+      " of ", shards);
   TORCH_CHECK(block_size > 0 && batch_size > 0, "BatchSampler: block_size and batch_size must be positive");
   // The worst epoch offset (block_size - 1) must still give a full batch.
   TORCH_CHECK(
@@ -116,9 +122,27 @@ void BatchSampler::start_epoch() {
   cursor_ = 0;
 }
 
-std::pair<torch::Tensor, torch::Tensor> BatchSampler::next() {
+size_t BatchSampler::advance() {
   if (epoch_ < 0 || cursor_ + static_cast<size_t>(batch_size_) > starts_.size()) {
     start_epoch();
+  }
+  const size_t first = cursor_;
+  cursor_ += static_cast<size_t>(batch_size_);
+  return first;
+}
+
+std::pair<torch::Tensor, torch::Tensor> BatchSampler::next() {
+  // The other shards' batches of this round are passed over (the random
+  // stream advances exactly as if they were read). This shard's block
+  // starts are copied when chosen: a later shard's batch may start a new
+  // epoch, which reshuffles starts_.
+  std::vector<int64_t> mine;
+  for (int64_t k = 0; k < shards_; ++k) {
+    const size_t first = advance();
+    if (k == shard_) {
+      mine.assign(starts_.begin() + static_cast<std::ptrdiff_t>(first),
+                  starts_.begin() + static_cast<std::ptrdiff_t>(first) + batch_size_);
+    }
   }
   auto inputs = torch::empty({batch_size_, block_size_}, torch::kLong);
   auto targets = torch::empty({batch_size_, block_size_}, torch::kLong);
@@ -126,11 +150,17 @@ std::pair<torch::Tensor, torch::Tensor> BatchSampler::next() {
   int64_t* x = inputs.data_ptr<int64_t>();
   int64_t* y = targets.data_ptr<int64_t>();
   for (int64_t b = 0; b < batch_size_; ++b) {
-    const int64_t s = starts_[cursor_++];
+    const int64_t s = mine[static_cast<size_t>(b)];
     std::copy(src + s, src + s + block_size_, x + b * block_size_);
     std::copy(src + s + 1, src + s + 1 + block_size_, y + b * block_size_);
   }
   return {inputs, targets};
+}
+
+void BatchSampler::skip(int64_t calls) {
+  for (int64_t i = 0; i < calls * shards_; ++i) {
+    advance();
+  }
 }
 
 std::pair<torch::Tensor, torch::Tensor> eval_blocks(const torch::Tensor& tokens, int64_t block_size, int64_t max_blocks) {

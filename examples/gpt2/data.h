@@ -52,12 +52,21 @@ int64_t min_training_tokens(int64_t block_size, int64_t batch_size);
 /// never straddle epochs; the incomplete last batch of an epoch is dropped.
 /// Deterministic for a seed, on every platform (own Fisher-Yates shuffle
 /// over std::mt19937_64).
+///
+/// Data-parallel training: with `shards` W > 1, shard k returns batches k,
+/// k + W, k + 2W, ... of that one sequence (it steps over the others'
+/// batches without building them), so W ranks with the same seed read
+/// disjoint batches, and together exactly the batches one process would
+/// read in W times as many calls.
 class BatchSampler {
  public:
-  BatchSampler(torch::Tensor tokens, int64_t block_size, int64_t batch_size, uint64_t seed);
+  BatchSampler(torch::Tensor tokens, int64_t block_size, int64_t batch_size, uint64_t seed, int64_t shard = 0,
+               int64_t shards = 1);
 
   /// (inputs, targets), each (batch_size, block_size) int64 on the CPU.
   std::pair<torch::Tensor, torch::Tensor> next();
+  /// Passes over the next `calls` batches of next() (to resume a run).
+  void skip(int64_t calls);
 
   int64_t epoch() const {
     return epoch_;
@@ -67,10 +76,14 @@ class BatchSampler {
 
  private:
   void start_epoch();
+  /// Positions of the sequence's next batch (starting an epoch if needed).
+  size_t advance();
 
   torch::Tensor tokens_;
   int64_t block_size_;
   int64_t batch_size_;
+  int64_t shard_;
+  int64_t shards_;
   std::mt19937_64 rng_;
   std::vector<int64_t> starts_; // block start positions of this epoch, shuffled
   size_t cursor_ = 0;

@@ -13,7 +13,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <memory>
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -76,6 +78,17 @@ void check_output_dir(const std::string& flag, const std::string& path) {
   if (::access(p.c_str(), W_OK | X_OK) != 0) {
     throw_usage_error(flag, path, "cannot create or write in '" + p + "'");
   }
+}
+
+// " (rank k)" in a data-parallel run, where each rank reports its own
+// failures; "" otherwise.
+std::string rank_suffix() {
+  const char* rank = std::getenv("RANK");
+  const char* world = std::getenv("WORLD_SIZE");
+  if (rank == nullptr || world == nullptr || std::string(world) == "1") {
+    return "";
+  }
+  return std::string(" (rank ") + rank + ")";
 }
 
 void log_line(const std::string& line) {
@@ -183,6 +196,35 @@ RunPlan prepare_run(const Settings& settings) {
   if (!s.save_model.empty()) {
     check_output_dir("--save-model", s.save_model);
   }
+  if (!s.parameter_checksums.empty()) {
+    check_output_dir("--parameter-checksums", s.parameter_checksums);
+  }
+  if (!s.checkpoint.empty()) {
+    check_output_dir("--checkpoint", s.checkpoint);
+  }
+  if (s.resume) {
+    for (const auto& name : s.optimizers) {
+      const std::string file = join_path(s.checkpoint, name + ".pt");
+      if (!is_file(file)) {
+        throw UsageError("--resume: no checkpoint of the " + name + " run in --checkpoint '" + s.checkpoint +
+                         "' (" + file + ": " + not_found(file, false) + ")");
+      }
+    }
+  }
+
+  // A data-parallel run: the launcher's variables (checked here, before
+  // anything is trained; the job is joined when training starts).
+  plan.launch = launch_from_env();
+  if (!plan.launch) {
+    const std::string why = " applies to data-parallel runs, started by torchrun (scripts/torchrun.sh --standalone "
+                            "--nproc-per-node N gpt2-finetune ...), and RANK/WORLD_SIZE are not set";
+    if (s.compression_rank) {
+      throw_usage_error("--compression-rank", std::to_string(*s.compression_rank), why.substr(1));
+    }
+    if (s.overlap) {
+      throw UsageError("--overlap" + why);
+    }
+  }
   if (s.check_logits) {
     attributed("--check-input", s.check_input, [&] {
       SafetensorsReader reader(s.check_input);
@@ -205,6 +247,8 @@ RunPlan prepare_run(const Settings& settings) {
     spec.weight_decay = s.weight_decay;
     spec.accumulation_rank = s.accumulation_rank;
     spec.micro_batches = s.train.grad_accum;
+    spec.compression_rank = s.compression_rank;
+    spec.overlap = s.overlap;
     if (name == "flora") {
       spec.rank = s.rank > 0 ? std::optional<int64_t>(s.rank) : std::nullopt;
       spec.kappa = s.kappa;
@@ -213,6 +257,8 @@ RunPlan prepare_run(const Settings& settings) {
       spec.projection = parse_projection(s.projection);
       spec.quantization = s.quantization;
       spec.fused_backward = s.fused_backward;
+      spec.max_aspect_ratio = s.max_aspect_ratio;
+      spec.stochastic_rounding = s.stochastic_rounding;
     }
     // The command line has checked every value: an error here is a bug, or
     // a rule of the library that the command line does not know.
@@ -261,14 +307,15 @@ RunPlan prepare_run(const Settings& settings) {
   return plan;
 }
 
-GPT2LMHeadModel initial_model(const RunPlan& plan, LoadReport* report) {
+GPT2LMHeadModel initial_model(const RunPlan& plan, LoadReport* report, std::optional<torch::Device> on) {
+  const torch::Device device = on.value_or(plan.device);
   if (plan.settings.init_config.empty()) {
-    return load_pretrained(plan.settings.model_dir, plan.dtype, plan.device, report);
+    return load_pretrained(plan.settings.model_dir, plan.dtype, device, report);
   }
   torch::manual_seed(plan.settings.train.seed);
   GPT2LMHeadModel model = attributed("--init-config", plan.settings.init_config, [&] {
     GPT2LMHeadModel m(plan.config); // GPT-2's initialisation, from torch's generator
-    m->to(plan.device, plan.dtype);
+    m->to(device, plan.dtype);
     return m;
   });
   if (report != nullptr) {
@@ -278,38 +325,82 @@ GPT2LMHeadModel initial_model(const RunPlan& plan, LoadReport* report) {
   return model;
 }
 
+namespace {
+
+// The text of a rank's parameter checksum file: the digest of all
+// parameters, then one per parameter (to find which one differs).
+std::string checksum_text(const RunResult& result, GPT2LMHeadModel& model) {
+  std::string text;
+  char line[512];
+  std::snprintf(line, sizeof(line), "all %016llx\n", static_cast<unsigned long long>(result.parameter_digest));
+  text += line;
+  for (const auto& item : model->named_parameters()) {
+    std::snprintf(line, sizeof(line), "%s %016llx\n", item.key().c_str(),
+                  static_cast<unsigned long long>(tensor_digest({item.value()})));
+    text += line;
+  }
+  return text;
+}
+
+} // namespace
+
 int run_all(const RunPlan& plan) {
   const Settings& s = plan.settings;
   const auto& config = plan.config;
+  // A data-parallel run joins the job first (a collective); only rank 0
+  // speaks and writes.
+  std::unique_ptr<DataParallel> parallel;
+  if (plan.launch) {
+    parallel = DataParallel::join(*plan.launch, plan.device);
+  }
+  const torch::Device device = parallel ? parallel->device() : plan.device;
+  const int64_t rank = parallel ? parallel->rank() : 0;
+  const bool speaks = rank == 0;
+  auto say = [&](const char* format, auto... args) {
+    if (speaks) {
+      std::printf(format, args...);
+    }
+  };
   if (s.threads > 0) {
     torch::set_num_threads(static_cast<int>(s.threads));
-  } else if (config.n_embd < 256 && plan.device.is_cpu()) {
+  } else if (config.n_embd < 256 && device.is_cpu()) {
     torch::set_num_threads(1); // see README: the small operations gain nothing from more
   }
-  std::printf(
-      "model %s: %lld layers, %lld heads, n_embd %lld, vocab %lld, n_positions %lld, %s\n", plan.model_source.c_str(),
+  say("model %s: %lld layers, %lld heads, n_embd %lld, vocab %lld, n_positions %lld, %s\n", plan.model_source.c_str(),
       static_cast<long long>(config.n_layer), static_cast<long long>(config.n_head),
       static_cast<long long>(config.n_embd), static_cast<long long>(config.vocab_size),
       static_cast<long long>(config.n_positions), config.activation_function.c_str());
-  std::printf("tokenizer %s: %lld tokens\n", plan.tokenizer_dir.c_str(),
-              static_cast<long long>(plan.tokenizer->vocab_size()));
-  std::printf("data: %lld training tokens, %lld held-out tokens (%s); encoded in %.2f s\n",
-              static_cast<long long>(plan.split.train.numel()), static_cast<long long>(plan.split.valid.numel()),
-              plan.split.valid_source.c_str(), plan.encode_seconds);
+  say("tokenizer %s: %lld tokens\n", plan.tokenizer_dir.c_str(), static_cast<long long>(plan.tokenizer->vocab_size()));
+  say("data: %lld training tokens, %lld held-out tokens (%s); encoded in %.2f s\n",
+      static_cast<long long>(plan.split.train.numel()), static_cast<long long>(plan.split.valid.numel()),
+      plan.split.valid_source.c_str(), plan.encode_seconds);
   const auto& t = s.train;
-  std::printf(
-      "device %s, %s, threads %d; %lld steps of %lld x %lld tokens x %lld micro-batches; warm-up %lld, seed %llu%s\n\n",
-      plan.device.str().c_str(), s.dtype.c_str(), torch::get_num_threads(), static_cast<long long>(t.steps),
+  say("device %s, %s, threads %d; %lld steps of %lld x %lld tokens x %lld micro-batches; warm-up %lld, seed %llu%s\n",
+      device.str().c_str(), s.dtype.c_str(), torch::get_num_threads(), static_cast<long long>(t.steps),
       static_cast<long long>(t.batch_size), static_cast<long long>(t.block_size), static_cast<long long>(t.grad_accum),
       static_cast<long long>(t.warmup_steps), static_cast<unsigned long long>(t.seed),
       t.activation_checkpointing ? ", activation checkpointing" : "");
+  if (parallel) {
+    const std::string exchange = s.compression_rank
+        ? "gradients of compressible matrices as rank-" + std::to_string(*s.compression_rank) + " sketches"
+        : s.accumulation_rank > 0 ? "the rank-" + std::to_string(s.accumulation_rank) + " accumulators' sketches"
+                                  : std::string("plain gradients");
+    say("data parallel: %lld ranks (%s), each on its own shard of the batches (a step sees %lld x %lld "
+        "sequences); exchange: %s%s%s\n",
+        static_cast<long long>(parallel->size()), parallel->backend().c_str(),
+        static_cast<long long>(parallel->size()), static_cast<long long>(t.batch_size * t.grad_accum),
+        exchange.c_str(), s.overlap ? ", overlapped with backward" : "",
+        s.fused_backward ? ", inside the fused backward" : "");
+  }
+  say("%s", "\n");
   std::fflush(stdout);
+  const std::function<void(const std::string&)> log = speaks ? log_line : std::function<void(const std::string&)>();
 
   std::vector<RunResult> results;
   for (const auto& spec : plan.specs) {
     torch::manual_seed(t.seed);
     LoadReport report;
-    auto model = initial_model(plan, &report);
+    auto model = initial_model(plan, &report, device);
     if (results.empty()) {
       if (s.init_config.empty()) {
         std::string skipped;
@@ -319,15 +410,36 @@ int run_all(const RunPlan& plan) {
         if (report.skipped.size() > 4) {
           skipped += ", ...";
         }
-        std::printf("weights: stored as %s, trained in %s; %zu tensor(s) in the file skipped%s\n",
-                    report.stored_dtype.c_str(), s.dtype.c_str(), report.skipped.size(), skipped.c_str());
+        say("weights: stored as %s, trained in %s; %zu tensor(s) in the file skipped%s\n", report.stored_dtype.c_str(),
+            s.dtype.c_str(), report.skipped.size(), skipped.c_str());
       } else {
-        std::printf("weights: GPT-2's initialisation (seed %llu), trained in %s\n",
-                    static_cast<unsigned long long>(t.seed), s.dtype.c_str());
+        say("weights: GPT-2's initialisation (seed %llu), trained in %s\n", static_cast<unsigned long long>(t.seed),
+            s.dtype.c_str());
       }
     }
-    results.push_back(train(model, plan.split, spec, t, plan.device, log_line));
-    if (!s.save_model.empty() && results.back().failure.empty()) {
+    TrainOptions run_options = t;
+    if (!s.checkpoint.empty()) {
+      run_options.checkpoint_file = join_path(s.checkpoint, spec.name + ".pt");
+      run_options.resume = s.resume;
+      if (speaks) {
+        attributed("--checkpoint", s.checkpoint, [&] {
+          make_dirs(s.checkpoint);
+          return 0;
+        });
+      }
+    }
+    results.push_back(train(model, plan.split, spec, run_options, device, log, parallel.get()));
+    if (!s.parameter_checksums.empty()) {
+      // Every rank writes its own: a test (or a user) compares them.
+      attributed("--parameter-checksums", s.parameter_checksums, [&] {
+        make_dirs(s.parameter_checksums);
+        write_file_atomic(
+            join_path(s.parameter_checksums, spec.name + ".rank" + std::to_string(rank) + ".txt"),
+            checksum_text(results.back(), model));
+        return 0;
+      });
+    }
+    if (speaks && !s.save_model.empty() && results.back().failure.empty()) {
       const std::string dir = plan.specs.size() == 1 ? s.save_model : join_path(s.save_model, spec.name);
       save_pretrained(model, *plan.tokenizer, dir, s.init_config.empty() ? s.model_dir : plan.tokenizer_dir);
       std::printf("[%s] saved the trained model to %s\n", spec.name.c_str(), dir.c_str());
@@ -336,9 +448,18 @@ int run_all(const RunPlan& plan) {
         std::printf("[%s] wrote %s/flora_check_logits.safetensors\n", spec.name.c_str(), dir.c_str());
       }
     }
-    std::printf("\n");
+    say("%s", "\n");
   }
 
+  int status = 0;
+  for (const auto& r : results) {
+    if (!r.failure.empty()) {
+      status = 1;
+    }
+  }
+  if (!speaks) {
+    return status;
+  }
   print_table(stdout, results);
   attributed("--out", s.out, [&] {
     make_dirs(s.out);
@@ -356,14 +477,35 @@ int run_all(const RunPlan& plan) {
   }
   std::printf("\nwrote %s in %s\n", files.c_str(), s.out.c_str());
   std::fflush(stdout);
-  int status = 0;
   for (const auto& r : results) {
     if (!r.failure.empty()) {
       std::fprintf(stderr, "error: the %s run %s\n", r.name.c_str(), r.failure.c_str());
-      status = 1;
     }
   }
   return status;
+}
+
+int run_program(const std::vector<std::string>& args) {
+  try {
+    const auto command_line = parse_command_line(args);
+    if (command_line.help) {
+      std::printf("%s", command_line.help_text.c_str());
+      return 0;
+    }
+    return run_all(prepare_run(command_line.settings));
+  } catch (const UsageError& e) {
+    // The same on every rank of a data-parallel run (same flags, same
+    // files): rank 0 says it.
+    const char* rank = std::getenv("RANK");
+    if (rank == nullptr || std::string(rank) == "0") {
+      std::fprintf(stderr, "error: %s\n", e.what());
+    }
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "error%s: %s\n", rank_suffix().c_str(), e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error%s: %s\n", rank_suffix().c_str(), e.what());
+  }
+  return 1;
 }
 
 } // namespace flora::gpt2

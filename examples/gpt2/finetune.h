@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "config.h"
 #include "data.h"
+#include "data_parallel.h"
 #include "model.h"
 #include "pretrained.h"
 #include "stepper.h"
@@ -37,6 +38,9 @@ struct RunPlan {
   TokenSplit split;
   double encode_seconds = 0;
   std::vector<OptimizerSpec> specs;
+  /// Set when a launcher (torchrun) started this process: a data-parallel
+  /// run, one rank of launch->world_size.
+  std::optional<Launch> launch;
 };
 
 /// Checks the settings against the model, tokenizer, data and output
@@ -44,14 +48,23 @@ struct RunPlan {
 /// flag (and its value) that a problem comes from.
 RunPlan prepare_run(const Settings& settings);
 
-/// The model each run starts from, on plan.device in plan.dtype: the
-/// weights of --model-dir, or GPT-2's initialisation of --init-config
-/// seeded with --seed (the same for every run).
-GPT2LMHeadModel initial_model(const RunPlan& plan, LoadReport* report = nullptr);
+/// The model each run starts from, on `device` (default plan.device) in
+/// plan.dtype: the weights of --model-dir, or GPT-2's initialisation of
+/// --init-config seeded with --seed (the same for every run).
+GPT2LMHeadModel initial_model(
+    const RunPlan& plan,
+    LoadReport* report = nullptr,
+    std::optional<torch::Device> device = std::nullopt);
 
 /// Trains every optimizer of the plan, printing progress and the table on
 /// stdout, and writes the report files (and saved models). Returns the
-/// program's exit status: 1 if a run diverged, else 0.
+/// program's exit status: 1 if a run diverged, else 0. In a data-parallel
+/// run every rank calls it: it joins the job first, and only rank 0 prints,
+/// writes the report and saves models.
 int run_all(const RunPlan& plan);
+
+/// The whole program (main() is this): parse, check, train; an error
+/// becomes one "error: ..." line on stderr and status 1.
+int run_program(const std::vector<std::string>& args);
 
 } // namespace flora::gpt2

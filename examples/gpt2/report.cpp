@@ -18,6 +18,12 @@ std::string num(double v, const char* format = "%.17g") {
   return buffer;
 }
 
+std::string digest_text(uint64_t digest) {
+  char buffer[24];
+  std::snprintf(buffer, sizeof(buffer), "%016llx", static_cast<unsigned long long>(digest));
+  return buffer;
+}
+
 } // namespace
 
 std::string csv_field(const std::string& s) {
@@ -33,17 +39,25 @@ std::string csv_field(const std::string& s) {
 
 void print_table(std::FILE* out, const std::vector<RunResult>& runs) {
   size_t width = 9;
+  bool parallel = false; // data-parallel runs get a column for their exchange
   for (const auto& r : runs) {
     width = std::max(width, r.label.size());
+    parallel = parallel || !std::isnan(r.bytes_per_step);
   }
   const int w = static_cast<int>(width);
-  std::fprintf(out, "%-*s %11s %10s %9s %11s %12s %13s %9s %9s\n", w, "optimizer", "train loss", "eval loss",
+  std::fprintf(out, "%-*s %11s %10s %9s %11s %12s %13s %9s %9s", w, "optimizer", "train loss", "eval loss",
                "eval ppl", "parameters", "peak memory", "state bytes", "ms/step", "tokens/s");
+  std::fprintf(out, parallel ? " %14s\n" : "\n", "comm/step");
   for (const auto& r : runs) {
-    std::fprintf(out, "%-*s %11.4f %10.4f %9.3f %11s %12s %13lld %9.2f %9.0f\n", w, r.label.c_str(),
+    std::fprintf(out, "%-*s %11.4f %10.4f %9.3f %11s %12s %13lld %9.2f %9.0f", w, r.label.c_str(),
                  r.final_train_loss, r.eval_loss, r.eval_perplexity, format_bytes(r.peak.parameter_bytes).c_str(),
                  format_bytes(r.peak.bytes).c_str(), static_cast<long long>(r.state_bytes), r.ms_per_step,
                  r.tokens_per_s);
+    if (parallel) {
+      std::fprintf(out, " %14s",
+                   std::isnan(r.bytes_per_step) ? "-" : format_bytes(std::llround(r.bytes_per_step)).c_str());
+    }
+    std::fprintf(out, "\n");
   }
   if (runs.empty()) {
     return;
@@ -54,6 +68,13 @@ void print_table(std::FILE* out, const std::vector<RunResult>& runs) {
                runs.front().peak.kind.c_str());
   if (runs.size() > 1) {
     std::fprintf(out, ", measured per run");
+  }
+  if (parallel) {
+    std::fprintf(out,
+                 "; data parallel over %lld ranks: train loss is the mean over ranks, peak memory and ms/step are "
+                 "rank 0's, tokens/s counts every rank's; comm/step: bytes each rank hands to the process group per "
+                 "optimizer step (the gradient exchange)",
+                 static_cast<long long>(runs.front().world_size));
   }
   std::fprintf(out, ".\n");
   for (const auto& r : runs) {
@@ -86,13 +107,15 @@ void write_metrics_csv(const std::string& path, const std::vector<RunResult>& ru
 void write_summary_csv(const std::string& path, const std::vector<RunResult>& runs) {
   std::ostringstream out;
   out << "optimizer,label,steps,initial_eval_loss,final_train_loss,eval_loss,eval_perplexity,parameter_bytes,"
-         "peak_memory_bytes,peak_memory_kind,optimizer_state_bytes,ms_per_step,tokens_per_s,train_seconds,failure\n";
+         "peak_memory_bytes,peak_memory_kind,optimizer_state_bytes,ms_per_step,tokens_per_s,train_seconds,world_size,"
+         "bytes_per_step,parameter_digest,failure\n";
   for (const auto& r : runs) {
     out << csv_field(r.name) << ',' << csv_field(r.label) << ',' << r.records.size() << ','
         << num(r.initial_eval_loss) << ',' << num(r.final_train_loss) << ',' << num(r.eval_loss) << ','
         << num(r.eval_perplexity) << ',' << r.peak.parameter_bytes << ',' << r.peak.bytes << ',' << csv_field(r.peak.kind) << ',' << r.state_bytes
         << ',' << num(r.ms_per_step, "%.4f") << ',' << num(r.tokens_per_s, "%.1f") << ','
-        << num(r.train_seconds, "%.3f") << ',' << csv_field(r.failure) << '\n';
+        << num(r.train_seconds, "%.3f") << ',' << r.world_size << ',' << num(r.bytes_per_step, "%.1f") << ','
+        << digest_text(r.parameter_digest) << ',' << csv_field(r.failure) << '\n';
   }
   write_file_atomic(path, out.str());
 }

@@ -1,5 +1,7 @@
 #include "train.h"
 
+#include <flora/atomic_file.h>
+
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 
@@ -21,6 +23,142 @@ void synchronize(const torch::Device& device) {
   if (device.is_cuda()) {
     torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
   }
+}
+
+// ---------------------------------------------------------------- checkpoints
+//
+// One file per run: the parameters, the stepper's state (optimizer,
+// accumulator and data-parallel exchange seeds), the step reached, the
+// loss curve so far, and what the run must match to continue it exactly
+// (its optimizer label, schedule, batch shape, seed, ranks, dtype).
+
+constexpr int64_t kCheckpointFormat = 1;
+
+using Identity = std::vector<std::pair<std::string, std::string>>;
+
+Identity run_identity(const OptimizerSpec& spec, const TrainOptions& options, int64_t world, torch::Dtype dtype) {
+  return {
+      {"optimizer", spec.label()},
+      {"steps", std::to_string(options.steps)},
+      {"warm-up steps", std::to_string(options.warmup_steps)},
+      {"batch size", std::to_string(options.batch_size)},
+      {"block size", std::to_string(options.block_size)},
+      {"micro-batches", std::to_string(options.grad_accum)},
+      {"seed", std::to_string(options.seed)},
+      {"ranks", std::to_string(world)},
+      {"dtype", c10::toString(dtype)},
+      {"activation checkpointing", options.activation_checkpointing ? "on" : "off"},
+  };
+}
+
+// Archive keys cannot hold '.', parameter names do.
+std::string parameter_key(std::string name) {
+  for (auto& c : name) {
+    c = c == '.' ? '/' : c;
+  }
+  return name;
+}
+
+void save_checkpoint(
+    const std::string& path, GPT2LMHeadModel& model, const TrainStepper& stepper, const RunResult& result,
+    int64_t step, const Identity& identity) {
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(kCheckpointFormat));
+  for (size_t i = 0; i < identity.size(); ++i) {
+    archive.write("identity/" + std::to_string(i), c10::IValue(identity[i].first + "=" + identity[i].second));
+  }
+  archive.write("step", c10::IValue(step));
+  archive.write("initial_eval_loss", c10::IValue(result.initial_eval_loss));
+  archive.write("train_seconds", c10::IValue(result.train_seconds));
+  auto records = torch::empty({static_cast<int64_t>(result.records.size()), 5}, torch::kDouble);
+  auto r = records.accessor<double, 2>();
+  for (size_t i = 0; i < result.records.size(); ++i) {
+    const auto& rec = result.records[i];
+    r[i][0] = static_cast<double>(rec.step);
+    r[i][1] = rec.train_loss;
+    r[i][2] = rec.eval_loss;
+    r[i][3] = rec.lr;
+    r[i][4] = rec.elapsed_s;
+  }
+  archive.write("records", records);
+  torch::serialize::OutputArchive parameters;
+  for (const auto& item : model->named_parameters()) {
+    parameters.write(parameter_key(item.key()), item.value().detach().cpu());
+  }
+  archive.write("model", parameters);
+  torch::serialize::OutputArchive state;
+  stepper.save(state);
+  archive.write("stepper", state);
+  flora::save_atomic(archive, path); // a crash never leaves half a checkpoint
+}
+
+// Loads everything into `model`, `stepper` and `result` and returns the
+// step reached. Every rank of a data-parallel run calls it.
+int64_t load_checkpoint(
+    const std::string& path, GPT2LMHeadModel& model, TrainStepper& stepper, RunResult& result,
+    const Identity& identity) {
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "cannot read the checkpoint '", path, "': ", e.what_without_backtrace());
+  }
+  auto read = [&](const std::string& key) {
+    c10::IValue v;
+    TORCH_CHECK(archive.try_read(key, v), "the checkpoint '", path, "' has no '", key, "'");
+    return v;
+  };
+  const auto format = read("format");
+  TORCH_CHECK(
+      format.isInt() && format.toInt() == kCheckpointFormat, "the checkpoint '", path, "' has format ", format,
+      "; this program reads format ", kCheckpointFormat);
+  for (size_t i = 0; i < identity.size(); ++i) {
+    const auto saved = read("identity/" + std::to_string(i));
+    const std::string want = identity[i].first + "=" + identity[i].second;
+    TORCH_CHECK(
+        saved.isString() && saved.toStringRef() == want, "the checkpoint '", path, "' is of another run: it has ",
+        saved.isString() ? saved.toStringRef() : std::string("?"), ", this run ", want,
+        " (a run continues only with the flags it started with)");
+  }
+  const int64_t step = read("step").toInt();
+  {
+    torch::NoGradGuard no_grad;
+    torch::serialize::InputArchive parameters;
+    TORCH_CHECK(archive.try_read("model", parameters), "the checkpoint '", path, "' has no 'model'");
+    for (auto& item : model->named_parameters()) {
+      torch::Tensor saved;
+      TORCH_CHECK(
+          parameters.try_read(parameter_key(item.key()), saved), "the checkpoint '", path, "' has no parameter ",
+          item.key());
+      TORCH_CHECK(
+          saved.sizes() == item.value().sizes() && saved.scalar_type() == item.value().scalar_type(),
+          "the checkpoint '", path, "' has ", item.key(), " of shape ", saved.sizes(), " (", saved.scalar_type(),
+          "), the model ", item.value().sizes(), " (", item.value().scalar_type(), ")");
+      item.value().copy_(saved);
+    }
+  }
+  torch::serialize::InputArchive state;
+  TORCH_CHECK(archive.try_read("stepper", state), "the checkpoint '", path, "' has no 'stepper'");
+  try {
+    stepper.load(state);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "the checkpoint '", path, "': ", e.what_without_backtrace());
+  }
+  result.initial_eval_loss = read("initial_eval_loss").toDouble();
+  result.train_seconds = read("train_seconds").toDouble();
+  torch::Tensor records;
+  TORCH_CHECK(archive.try_read("records", records), "the checkpoint '", path, "' has no 'records'");
+  const auto r = records.accessor<double, 2>();
+  for (int64_t i = 0; i < records.size(0); ++i) {
+    StepRecord rec;
+    rec.step = static_cast<int64_t>(r[i][0]);
+    rec.train_loss = r[i][1];
+    rec.eval_loss = r[i][2];
+    rec.lr = r[i][3];
+    rec.elapsed_s = r[i][4];
+    result.records.push_back(rec);
+  }
+  return step;
 }
 
 } // namespace
@@ -66,7 +204,8 @@ RunResult train(
     const OptimizerSpec& spec,
     const TrainOptions& options,
     const torch::Device& device,
-    const std::function<void(const std::string&)>& log) {
+    const std::function<void(const std::string&)>& log,
+    const DataParallel* parallel) {
   TORCH_CHECK(options.steps > 0, "--steps must be positive, got ", options.steps);
   TORCH_CHECK(options.grad_accum > 0, "--grad-accum must be positive, got ", options.grad_accum);
   TORCH_CHECK(options.batch_size > 0, "--batch-size must be positive, got ", options.batch_size);
@@ -90,29 +229,64 @@ RunResult train(
     }
   };
 
+  const int64_t rank = parallel ? parallel->rank() : 0;
+  const int64_t world = parallel ? parallel->size() : 1;
+  // Rank 0 evaluates: the replicas are identical, and the others wait for
+  // it in the next step's exchange.
+  const bool evaluates = rank == 0;
+  result.world_size = world;
+
   model->set_activation_checkpointing(options.activation_checkpointing);
-  BatchSampler sampler(split.train, options.block_size, options.batch_size, options.seed);
+  BatchSampler sampler(split.train, options.block_size, options.batch_size, options.seed, rank, world);
   const auto [eval_x, eval_y] = eval_blocks(split.valid, options.block_size, options.eval_max_blocks);
 
   const RunMemory memory(device, model->parameters());
   OptimizerSpec step_spec = spec;
   step_spec.micro_batches = options.grad_accum;
-  auto stepper = make_stepper(step_spec, model->parameters());
-  result.initial_eval_loss = evaluate(model, eval_x, eval_y, eval_batch, device);
-  {
+  auto stepper = make_stepper(step_spec, model->parameters(), parallel); // broadcasts rank 0's parameters
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const Identity identity = run_identity(step_spec, options, world, model->parameters().front().scalar_type());
+  int64_t first_step = 1;
+  if (options.resume) {
+    // Every rank loads (the exchange's seeds are checked to agree), then
+    // rank 0's parameters go everywhere, as the library prescribes.
+    result.resumed_at = load_checkpoint(options.checkpoint_file, model, *stepper, result, identity);
+    stepper->broadcast_parameters();
+    first_step = result.resumed_at + 1;
+    sampler.skip((first_step - 1) * options.grad_accum);
+    char line[320];
+    std::snprintf(line, sizeof(line), "[%s] %s: resumed after step %lld from %s", spec.name.c_str(),
+                  result.label.c_str(), static_cast<long long>(result.resumed_at), options.checkpoint_file.c_str());
+    emit(line);
+  } else {
+    result.initial_eval_loss = evaluates ? evaluate(model, eval_x, eval_y, eval_batch, device) : nan;
     char line[256];
     std::snprintf(line, sizeof(line), "[%s] %s: initial eval loss %.4f", spec.name.c_str(), result.label.c_str(),
                   result.initial_eval_loss);
     emit(line);
   }
+  const int64_t bytes_at_start = stepper->bytes_communicated(); // broadcasts are not a step's
+  // This invocation ends after last_step (--stop-after), the schedule after options.steps.
+  const int64_t last_step = options.stop_after > 0 ? std::min(options.stop_after, options.steps) : options.steps;
+  TORCH_CHECK(
+      first_step <= last_step + 1, "the checkpoint '", options.checkpoint_file, "' is at step ", first_step - 1,
+      ", past --stop-after ", options.stop_after);
 
   model->train();
-  const int64_t tokens_per_step = options.batch_size * options.block_size * options.grad_accum;
+  // Over all ranks.
+  const int64_t tokens_per_step = options.batch_size * options.block_size * options.grad_accum * world;
   double train_seconds = 0;
   double window_seconds = 0;
   int64_t window_steps = 0;
-  double last_eval = result.initial_eval_loss;
-  for (int64_t step = 1; step <= options.steps; ++step) {
+  double last_eval = nan;
+  for (auto it = result.records.rbegin(); it != result.records.rend() && std::isnan(last_eval); ++it) {
+    last_eval = it->eval_loss; // a resumed run's last evaluation
+  }
+  if (std::isnan(last_eval)) {
+    last_eval = result.initial_eval_loss;
+  }
+  const double seconds_before = result.train_seconds; // of earlier invocations
+  for (int64_t step = first_step; step <= last_step; ++step) {
     const auto start = Clock::now();
     const double lr = scheduled_lr(spec.lr, step, options.warmup_steps, options.steps);
     double loss_value = 0;
@@ -130,6 +304,11 @@ RunResult train(
       }
       stepper->finish_step();
       loss_value = step_loss.item<double>(); // synchronises
+      if (parallel) {
+        // The mean over ranks: what the step trained on, and the same value
+        // everywhere, so that every rank stops together on a non-finite loss.
+        loss_value = parallel->mean(loss_value);
+      }
       TORCH_CHECK(std::isfinite(loss_value), "the loss is ", loss_value, " (learning rate too high?)");
     } catch (const c10::Error& e) {
       result.failure = "stopped at step " + std::to_string(step) + ": " + e.what_without_backtrace();
@@ -145,15 +324,23 @@ RunResult train(
     record.step = step;
     record.train_loss = loss_value;
     record.lr = lr;
-    record.elapsed_s = train_seconds;
-    const bool do_eval = step == options.steps || (options.eval_every > 0 && step % options.eval_every == 0);
+    record.elapsed_s = seconds_before + train_seconds;
+    const bool do_eval = evaluates && (step == options.steps || step == last_step ||
+                                       (options.eval_every > 0 && step % options.eval_every == 0));
     if (do_eval) {
       record.eval_loss = evaluate(model, eval_x, eval_y, eval_batch, device);
       last_eval = record.eval_loss;
     }
     result.records.push_back(record);
 
-    if ((options.log_every > 0 && step % options.log_every == 0) || step == options.steps) {
+    if (!options.checkpoint_file.empty() &&
+        (step == last_step || (options.checkpoint_every > 0 && step % options.checkpoint_every == 0))) {
+      result.train_seconds = seconds_before + train_seconds;
+      if (rank == 0) {
+        save_checkpoint(options.checkpoint_file, model, *stepper, result, step, identity);
+      }
+    }
+    if ((options.log_every > 0 && step % options.log_every == 0) || step == last_step) {
       const auto peak = memory.peak();
       char eval_text[48] = "";
       if (do_eval) {
@@ -173,14 +360,29 @@ RunResult train(
   synchronize(device);
   result.peak = memory.peak();
   result.state_bytes = stepper->state_bytes();
-  result.train_seconds = train_seconds;
-  const auto done = static_cast<int64_t>(result.records.size());
-  const double nan = std::numeric_limits<double>::quiet_NaN();
+  result.train_seconds = seconds_before + train_seconds;
+  // The steps of this invocation (the speed figures), and all the run's.
+  const int64_t done = static_cast<int64_t>(result.records.size()) - result.resumed_at;
+  const auto recorded = static_cast<int64_t>(result.records.size());
+  result.parameter_digest = tensor_digest(model->parameters());
+  if (parallel) {
+    if (done > 0) {
+      result.bytes_per_step =
+          static_cast<double>(stepper->bytes_communicated() - bytes_at_start) / static_cast<double>(done);
+    }
+    // Data-parallel training keeps the replicas identical bit for bit; check
+    // that it did (a collective: every rank gets here, failed or not, since
+    // the loss that stops a run is the same on every rank).
+    if (!parallel->all_equal(result.parameter_digest) && result.failure.empty()) {
+      result.failure = "finished with parameters that differ between the ranks (data-parallel replicas out of sync)";
+      emit("[" + spec.name + "] " + result.failure);
+    }
+  }
   result.ms_per_step = done > 0 ? 1000.0 * train_seconds / static_cast<double>(done) : nan;
   result.tokens_per_s = done > 0 ? static_cast<double>(tokens_per_step * done) / train_seconds : nan;
-  const int64_t window = std::min(options.final_loss_window, done);
+  const int64_t window = std::min(options.final_loss_window, recorded);
   double sum = 0;
-  for (int64_t i = done - window; i < done; ++i) {
+  for (int64_t i = recorded - window; i < recorded; ++i) {
     sum += result.records[i].train_loss;
   }
   result.final_train_loss = window > 0 ? sum / static_cast<double>(window) : nan;

@@ -5,6 +5,7 @@
 // a run (loss curve, peak memory, optimizer-state bytes, speed).
 
 #include "data.h"
+#include "data_parallel.h"
 #include "memory.h"
 #include "model.h"
 #include "stepper.h"
@@ -38,6 +39,15 @@ struct TrainOptions {
   bool activation_checkpointing = false;
   /// Average the last this many steps' losses for "final train loss".
   int64_t final_loss_window = 20;
+  /// Checkpoint file of the run (empty: none): written (by rank 0, atomically)
+  /// every checkpoint_every steps (0: only when this invocation ends) and
+  /// after the last step; with `resume`, the run continues from it.
+  std::string checkpoint_file;
+  int64_t checkpoint_every = 0;
+  bool resume = false;
+  /// End this invocation after this step (0: run to `steps`); the schedule
+  /// is still that of `steps` steps, so a resumed run continues it.
+  int64_t stop_after = 0;
 };
 
 /// Linear warm-up from 0 to base_lr over warmup_steps, then cosine decay to
@@ -66,6 +76,17 @@ struct RunResult {
   double ms_per_step = 0;
   double tokens_per_s = 0;
   double train_seconds = 0;
+  /// The step the run resumed after (0: it started from scratch); the
+  /// speed figures cover the steps of this invocation only.
+  int64_t resumed_at = 0;
+  /// Data-parallel runs: the number of ranks (1: one process), the bytes
+  /// each rank handed to the process group per optimizer step (the
+  /// gradient exchange; NaN when not data-parallel), and the digest of the
+  /// final parameters, which train() has checked to be the same on every
+  /// rank (a difference is a failure).
+  int64_t world_size = 1;
+  double bytes_per_step = std::numeric_limits<double>::quiet_NaN();
+  uint64_t parameter_digest = 0;
   /// Empty when the run finished; else why it stopped early (e.g. the loss
   /// or a gradient became NaN: learning rate too high). The numbers then
   /// describe the steps completed.
@@ -82,12 +103,19 @@ double evaluate(GPT2LMHeadModel& model, const torch::Tensor& inputs, const torch
 /// options.seed, so runs with the same seed see the same batches. Invalid
 /// options throw; a step that fails (non-finite loss or gradient) ends the
 /// run early with RunResult::failure set, so that a comparison goes on.
+///
+/// With `parallel` (every rank calls train() with the same arguments): each
+/// rank reads its shard of the batches (so a step sees world_size times as
+/// many sequences), the gradients are averaged across ranks, the reported
+/// training loss is the mean over ranks, rank 0 alone evaluates, and at the
+/// end the ranks compare their parameters' digests.
 RunResult train(
     GPT2LMHeadModel& model,
     const TokenSplit& split,
     const OptimizerSpec& spec,
     const TrainOptions& options,
     const torch::Device& device,
-    const std::function<void(const std::string&)>& log = nullptr);
+    const std::function<void(const std::string&)>& log = nullptr,
+    const DataParallel* parallel = nullptr);
 
 } // namespace flora::gpt2

@@ -15,7 +15,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <flora/state_bytes.h>
+
 #include <chrono>
+#include <limits>
 
 namespace flora::gpt2 {
 namespace {
@@ -429,6 +432,178 @@ TEST(Gpt2Train, Bfloat16Trains) {
     EXPECT_GT(state_bytes[0], 0) << name;
     EXPECT_EQ(state_bytes[1], state_bytes[0]) << name;
   }
+}
+
+// --max-aspect-ratio inf compresses the momentum of the token embedding
+// (512 x 64, aspect 8: a 512 x 8 momentum at rank 8 instead of 512 x 64):
+// the state is what the library's estimate says for those options, and
+// smaller than under flora-opt's rule.
+TEST(Gpt2Train, UnlimitedAspectRatioCompressesTheEmbeddingMomentum) {
+  TrainOptions options;
+  options.steps = 2;
+  options.batch_size = 4;
+  options.block_size = 16;
+  options.warmup_steps = 0;
+  options.eval_every = 0;
+  options.eval_max_blocks = 2;
+  options.log_every = 0;
+  int64_t state[2] = {0, 0};
+  for (const double aspect : {4.0, std::numeric_limits<double>::infinity()}) {
+    OptimizerSpec spec;
+    spec.name = "flora";
+    spec.lr = 0.1;
+    spec.rank = 8;
+    spec.max_aspect_ratio = aspect;
+    auto model = load_pretrained(testing::tiny_model_dir());
+    std::vector<std::vector<int64_t>> shapes;
+    for (const auto& p : model->parameters()) {
+      shapes.push_back(p.sizes().vec());
+    }
+    const auto r = train(model, corpus(), spec, options, torch::kCPU);
+    ASSERT_TRUE(r.failure.empty()) << r.failure;
+    EXPECT_EQ(r.state_bytes, estimate_state_bytes(shapes, flora_options(spec))) << aspect;
+    state[std::isinf(aspect)] = r.state_bytes;
+  }
+  EXPECT_EQ(state[0] - state[1], 512 * (64 - 8) * 4); // the embedding's momentum, float32
+}
+
+// --stochastic-rounding: bfloat16 training that is reproducible for a seed
+// and rounds differently from round-to-nearest.
+TEST(Gpt2Train, StochasticRoundingOfBfloat16Parameters) {
+  TrainOptions options;
+  options.steps = 3;
+  options.batch_size = 4;
+  options.block_size = 16;
+  options.warmup_steps = 0;
+  options.eval_every = 0;
+  options.eval_max_blocks = 2;
+  options.log_every = 0;
+  auto run = [&](bool stochastic) {
+    OptimizerSpec spec;
+    spec.name = "flora";
+    spec.lr = 0.1;
+    spec.rank = 8;
+    spec.stochastic_rounding = stochastic;
+    auto model = load_pretrained(testing::tiny_model_dir(), torch::kBFloat16);
+    const auto r = train(model, corpus(), spec, options, torch::kCPU);
+    EXPECT_TRUE(r.failure.empty()) << r.failure;
+    EXPECT_EQ(r.label.find(",sr") != std::string::npos, stochastic) << r.label;
+    return r.parameter_digest;
+  };
+  const auto nearest = run(false);
+  const auto stochastic = run(true);
+  EXPECT_NE(stochastic, nearest);
+  EXPECT_EQ(run(true), stochastic); // seeded: the same bits again
+}
+
+// A run stopped after step 3 with a checkpoint and resumed continues
+// exactly: the same parameters bit for bit and the same loss curve as the
+// run that never stopped, for plain steps, compressed accumulation, the
+// fused backward with 8-bit states, and Adam over bfloat16 parameters.
+TEST(Gpt2Checkpoint, AResumedRunContinuesBitForBit) {
+  TrainOptions options;
+  options.steps = 6;
+  options.batch_size = 4;
+  options.block_size = 16;
+  options.warmup_steps = 2;
+  options.eval_every = 3; // at step 3 both runs evaluate (the stopped one evaluates where it stops)
+  options.eval_max_blocks = 2;
+  options.log_every = 0;
+  struct Case {
+    std::string what;
+    OptimizerSpec spec;
+    int64_t micro_batches;
+    torch::Dtype dtype;
+  };
+  std::vector<Case> cases;
+  OptimizerSpec flora;
+  flora.name = "flora";
+  flora.lr = 0.1;
+  flora.rank = 8;
+  flora.kappa = 2; // a resample after the resume too
+  cases.push_back({"flora", flora, 1, torch::kFloat});
+  OptimizerSpec accumulating = flora;
+  accumulating.accumulation_rank = 8;
+  cases.push_back({"flora, compressed accumulation", accumulating, 2, torch::kFloat});
+  OptimizerSpec fused = flora;
+  fused.fused_backward = true;
+  fused.quantization = "8bit";
+  fused.stochastic_rounding = true;
+  cases.push_back({"flora, fused, 8-bit, stochastic rounding", fused, 1, torch::kBFloat16});
+  cases.push_back({"adam", OptimizerSpec(), 1, torch::kBFloat16});
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    const testing::TempDir dir;
+    auto o = options;
+    o.grad_accum = c.micro_batches;
+    auto straight_model = load_pretrained(testing::tiny_model_dir(), c.dtype);
+    const auto straight = train(straight_model, corpus(), c.spec, o, torch::kCPU);
+    ASSERT_TRUE(straight.failure.empty()) << straight.failure;
+
+    o.checkpoint_file = dir.file("run.pt");
+    o.stop_after = 3;
+    auto first_model = load_pretrained(testing::tiny_model_dir(), c.dtype);
+    const auto first = train(first_model, corpus(), c.spec, o, torch::kCPU);
+    ASSERT_EQ(first.records.size(), 3u);
+    EXPECT_NE(first.parameter_digest, straight.parameter_digest);
+    o.stop_after = 0;
+    o.resume = true;
+    auto resumed_model = load_pretrained(testing::tiny_model_dir(), c.dtype); // overwritten by the checkpoint
+    const auto resumed = train(resumed_model, corpus(), c.spec, o, torch::kCPU);
+    ASSERT_TRUE(resumed.failure.empty()) << resumed.failure;
+    EXPECT_EQ(resumed.resumed_at, 3);
+    EXPECT_EQ(resumed.parameter_digest, straight.parameter_digest);
+    ASSERT_EQ(resumed.records.size(), straight.records.size());
+    for (size_t i = 0; i < straight.records.size(); ++i) {
+      EXPECT_EQ(resumed.records[i].train_loss, straight.records[i].train_loss) << "step " << i + 1;
+      EXPECT_EQ(std::isnan(resumed.records[i].eval_loss), std::isnan(straight.records[i].eval_loss)) << i + 1;
+      if (!std::isnan(straight.records[i].eval_loss)) {
+        EXPECT_EQ(resumed.records[i].eval_loss, straight.records[i].eval_loss) << "step " << i + 1;
+      }
+    }
+    EXPECT_EQ(resumed.initial_eval_loss, straight.initial_eval_loss);
+    EXPECT_EQ(resumed.eval_loss, straight.eval_loss);
+  }
+}
+
+TEST(Gpt2Checkpoint, ACheckpointOfAnotherRunIsRefused) {
+  const testing::TempDir dir;
+  TrainOptions options;
+  options.steps = 4;
+  options.batch_size = 2;
+  options.block_size = 16;
+  options.warmup_steps = 1;
+  options.eval_every = 0;
+  options.eval_max_blocks = 2;
+  options.log_every = 0;
+  options.checkpoint_file = dir.file("run.pt");
+  options.stop_after = 2;
+  OptimizerSpec spec;
+  spec.name = "flora";
+  spec.lr = 0.1;
+  auto model = load_pretrained(testing::tiny_model_dir());
+  ASSERT_TRUE(train(model, corpus(), spec, options, torch::kCPU).failure.empty());
+  options.resume = true;
+  options.stop_after = 0;
+  auto other = options;
+  other.seed = 5;
+  expect_error([&] { train(model, corpus(), spec, other, torch::kCPU); }, "is of another run: it has seed=0, this run seed=5");
+  other = options;
+  other.batch_size = 3;
+  expect_error([&] { train(model, corpus(), spec, other, torch::kCPU); }, "batch size=2, this run batch size=3");
+  auto rank16 = spec;
+  rank16.rank = 16;
+  expect_error([&] { train(model, corpus(), rank16, options, torch::kCPU); }, "rank=16");
+  auto bf16 = load_pretrained(testing::tiny_model_dir(), torch::kBFloat16);
+  expect_error([&] { train(bf16, corpus(), spec, options, torch::kCPU); }, "dtype=Float, this run dtype=BFloat16");
+  other = options;
+  other.checkpoint_file = dir.file("missing.pt");
+  expect_error([&] { train(model, corpus(), spec, other, torch::kCPU); }, "cannot read the checkpoint");
+  write_file_atomic(dir.file("junk.pt"), "not a checkpoint");
+  other.checkpoint_file = dir.file("junk.pt");
+  expect_error([&] { train(model, corpus(), spec, other, torch::kCPU); }, "cannot read the checkpoint");
+  // The right flags continue.
+  EXPECT_EQ(train(model, corpus(), spec, options, torch::kCPU).resumed_at, 2);
 }
 
 } // namespace
