@@ -29,6 +29,7 @@
 
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <map>
 #include <string>
 
@@ -189,6 +190,12 @@ void state_bytes_at_scale(benchmark::State& state, const std::string& shapes_fil
       static_cast<double>(flora::estimate_state_bytes(shapes, flora::FloraOptions(base).rank(256).quantization(true))) / 1e6;
   state.counters["flora_r64_8bit_MB"] =
       static_cast<double>(flora::estimate_state_bytes(shapes, flora::FloraOptions(base).rank(64).quantization(true))) / 1e6;
+  // max_aspect_ratio unlimited: embeddings keep their momentum compressed too.
+  const auto unlimited = flora::FloraOptions(base).max_aspect_ratio(std::numeric_limits<double>::infinity());
+  state.counters["flora_r256_any_aspect_MB"] =
+      static_cast<double>(flora::estimate_state_bytes(shapes, flora::FloraOptions(unlimited).rank(256))) / 1e6;
+  state.counters["flora_r256_8bit_any_aspect_MB"] = static_cast<double>(flora::estimate_state_bytes(
+      shapes, flora::FloraOptions(unlimited).rank(256).quantization(true))) / 1e6;
   state.counters["params_M"] = static_cast<double>(flora::bench::numel(named)) / 1e6;
 }
 
