@@ -97,6 +97,27 @@ def main():
         top.grid(alpha=0.3)
         bottom.grid(alpha=0.3)
         top.legend(fontsize=8)
+    # Each variant at its best learning rate of the grid, against no
+    # momentum at its best: the bar is beating no momentum by at
+    # least half of full momentum's margin.
+    print()
+    print("| block | variant | best lr | held-out loss at it | vs none (best) | half of full's margin met? |")
+    print("|---|---|---|---|---|---|")
+    for part in parts:
+        best = {}
+        for v in [v for v in ORDER if v in loss[part]]:
+            cands = [(stats(loss[part][v][lr])[0], lr) for lr in loss[part][v]]
+            cands = [c for c in cands if not math.isnan(c[0])]
+            if cands:
+                best[v] = min(cands)
+        if "none" not in best:
+            continue
+        margin = best["none"][0] - best["full"][0] if "full" in best else float("nan")
+        for v, (value, lr) in best.items():
+            gain = best["none"][0] - value
+            met = "" if v in ("none", "full") else ("yes" if gain >= margin / 2 and gain > 0 else "no")
+            edge = " (grid edge)" if lr in (min(loss[part][v]), max(loss[part][v])) else ""
+            print(f"| {part} | {v} | {lr:g}{edge} | {value:.3f} | {gain:+.3f} | {met} |")
     fig.suptitle("Flora's momentum variants: held-out loss vs learning rate, and how much clipping shrank the update",
                  fontsize=11)
     fig.tight_layout()

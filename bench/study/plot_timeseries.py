@@ -5,7 +5,8 @@ and learning rate (a column), the RMS of the update before clipping and
 the clip factor (what clipping multiplied it by; 1: not clipped), on the
 matrices a rank-r Flora compresses, against the step, for every variant
 (mean over seeds). Also prints, per block, variant and learning rate, the
-mean over steps of both (Markdown).
+mean over the steps after the warm-up (step > 50, the example's default) of
+both, and the smallest clip factor of any matrix there (Markdown).
 
     plot_timeseries.py TIMESERIES_CSV OUT_PNG
 
@@ -24,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from plot import ORDER, STYLE  # noqa: E402
 
+WARMUP = 50
+
 
 def main():
     if len(sys.argv) != 3:
@@ -31,6 +34,7 @@ def main():
     with open(sys.argv[1]) as f:
         rows = list(csv.DictReader(f))
     parts, lrs = [], defaultdict(set)
+    lowest = {}
     # part -> lr -> variant -> step -> ([rms], [clip])
     data = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: ([], [])))))
     for r in rows:
@@ -41,11 +45,14 @@ def main():
         cell = data[r["part"]][lr][r["variant"]][int(r["step"])]
         cell[0].append(float(r["update_rms"]))
         cell[1].append(float(r["clip_factor"]))
+        if int(r["step"]) > WARMUP:
+            lowest[(r["part"], lr, r["variant"])] = min(lowest.get((r["part"], lr, r["variant"]), 1.0),
+                                                        float(r["clip_factor_min"]))
     columns = max(len(v) for v in lrs.values())
     fig, axes = plt.subplots(2 * len(parts), columns, figsize=(4.4 * columns, 3.0 * 2 * len(parts)), squeeze=False)
     mean = lambda xs: sum(xs) / len(xs)
-    print("| block | variant | lr | update RMS before clipping (mean over steps) | clip factor (mean over steps) |")
-    print("|---|---|---|---|---|")
+    print("| block | variant | lr | update RMS before clipping | clip factor | smallest clip factor of a matrix |")
+    print("|---|---|---|---|---|---|")
     for p, part in enumerate(parts):
         for c, lr in enumerate(sorted(lrs[part])):
             top, bottom = axes[2 * p][c], axes[2 * p + 1][c]
@@ -56,7 +63,9 @@ def main():
                 clip = [mean(data[part][lr][v][k][1]) for k in steps]
                 top.plot(steps, rms, color=color, marker=marker, markersize=3, label=v)
                 bottom.plot(steps, clip, color=color, marker=marker, markersize=3, label=v)
-                print(f"| {part} | {v} | {lr:g} | {mean(rms):.3f} | {mean(clip):.3f} |")
+                after = [i for i, k in enumerate(steps) if k > WARMUP]
+                print(f"| {part} | {v} | {lr:g} | {mean([rms[i] for i in after]):.3f} | "
+                      f"{mean([clip[i] for i in after]):.3f} | {lowest.get((part, lr, v), 1.0):.2f} |")
             top.set_title(f"{part}, lr {lr:g}", fontsize=9)
             top.set_yscale("log")
             top.set_ylabel("update RMS before clipping")
@@ -72,7 +81,7 @@ def main():
     fig.suptitle("Flora's update on the compressible matrices, before clipping, and the clip factor (mean over seeds)",
                  fontsize=11)
     fig.tight_layout()
-    fig.savefig(sys.argv[2], dpi=100)
+    fig.savefig(sys.argv[2], dpi=70)
 
 
 if __name__ == "__main__":

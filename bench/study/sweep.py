@@ -64,17 +64,21 @@ def corpus_files(corpus, out):
 
 # The blocks of the study. Each: size, regime ("scratch", or "finetune" from
 # a model pretrained on `pretrain` with Adam), corpus trained on, variants,
-# learning rates, seeds, steps, batch size.
+# learning rates, seeds, steps, batch size; `extra`: a learning rate run for
+# some variants only (the grid's top was the best of most variants in the
+# first runs).
 PARTS = {
     "tiny-scratch-shipped": dict(size="tiny", regime="scratch", corpus="shipped", variants=list(VARIANTS),
-                                 lrs=[0.04, 0.08, 0.16], seeds=[0, 1, 2], steps=300, batch=16),
+                                 lrs=[0.04, 0.08, 0.16], seeds=[0, 1, 2], steps=300, batch=16,
+                                 extra={0.32: ["none", "full", "rescale", "subspace"]}),
     "tiny-scratch-prose": dict(size="tiny", regime="scratch", corpus="prose", variants=list(VARIANTS),
-                               lrs=[0.04, 0.08, 0.16], seeds=[0, 1, 2], steps=300, batch=16),
+                               lrs=[0.04, 0.08, 0.16], seeds=[0, 1, 2], steps=300, batch=16,
+                               extra={0.32: ["none", "full", "rescale", "subspace"]}),
     "tiny-finetune-shipped": dict(size="tiny", regime="finetune", pretrain="prose", corpus="shipped",
                                   variants=list(VARIANTS), lrs=[0.02, 0.04, 0.08], seeds=[0, 1, 2],
-                                  steps=300, batch=16),
+                                  steps=300, batch=16, extra={0.16: ["none", "full", "compressed", "subspace"]}),
     "6x384-scratch-prose": dict(size="6x384", regime="scratch", corpus="prose",
-                                variants=["none", "full", "compressed", "subspace"], lrs=[0.04, 0.08],
+                                variants=["none", "full", "compressed", "subspace"], lrs=[0.08],
                                 seeds=[0], steps=150, batch=8),
     "6x384-finetune-shipped": dict(size="6x384", regime="finetune", pretrain="prose", corpus="shipped",
                                    variants=["none", "full", "compressed", "subspace"], lrs=[0.04, 0.08],
@@ -84,6 +88,16 @@ PARTS = {
 PRETRAIN_STEPS = {"tiny": 600, "6x384": 300}
 STATS_EVERY = 25
 NICE = 10  # --nice
+
+
+def combos(spec):
+    """(variant, lr, seed) of every run of a block: the full grid, then
+    spec["extra"] (lr -> variants), learning rates added for some variants
+    only, where the grid's edge was their best."""
+    out = list(itertools.product(spec["variants"], spec["lrs"], spec["seeds"]))
+    for lr, variants in spec.get("extra", {}).items():
+        out += list(itertools.product(variants, [lr], spec["seeds"]))
+    return out
 
 
 def load_average():
@@ -162,7 +176,7 @@ def summarize(args):
     series = []  # the diagnostics over time: one row per run and sampled step
     for part, spec in PARTS.items():
         rank = SIZES[spec["size"]]["rank"]
-        for variant, lr, seed in itertools.product(spec["variants"], spec["lrs"], spec["seeds"]):
+        for variant, lr, seed in combos(spec):
             where = run_dir(args, part, variant, lr, seed)
             summary = os.path.join(where, "summary.csv")
             if not os.path.exists(summary):
@@ -255,7 +269,7 @@ def main():
         jobs = []
         for order, part in enumerate(parts):
             spec = PARTS[part]
-            for lr, seed, variant in itertools.product(spec["lrs"], spec["seeds"], spec["variants"]):
+            for variant, lr, seed in combos(spec):
                 jobs.append((seed, order, part, lr, variant))
         for seed, _, part, lr, variant in sorted(jobs, key=lambda j: (j[0], j[1])):
             one_run(args, part, PARTS[part], variant, lr, seed)
