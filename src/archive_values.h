@@ -33,6 +33,9 @@ c10::IValue to_ivalue(const std::optional<T>& v) {
 inline c10::IValue to_ivalue(ProjectionMode v) {
   return static_cast<int64_t>(v);
 }
+inline c10::IValue to_ivalue(MomentumProjection v) {
+  return static_cast<int64_t>(v);
+}
 
 /// Reads `value` (the archive's entry `key`, read by `who`) into `out`.
 inline void from_ivalue(const c10::IValue& value, double& out, const char* who, const char* key) {
@@ -67,6 +70,15 @@ inline void from_ivalue(const c10::IValue& value, ProjectionMode& out, const cha
       mode == static_cast<int64_t>(ProjectionMode::philox) || mode == static_cast<int64_t>(ProjectionMode::reference),
       who, ": unknown projection mode ", mode, " in the checkpoint");
   out = static_cast<ProjectionMode>(mode);
+}
+inline void from_ivalue(const c10::IValue& value, MomentumProjection& out, const char* who, const char* key) {
+  int64_t kind = 0;
+  from_ivalue(value, kind, who, key);
+  TORCH_CHECK(
+      kind >= static_cast<int64_t>(MomentumProjection::gaussian) &&
+          kind <= static_cast<int64_t>(MomentumProjection::subspace),
+      who, ": unknown momentum projection ", kind, " in the checkpoint");
+  out = static_cast<MomentumProjection>(kind);
 }
 
 } // namespace flora::detail

@@ -10,11 +10,12 @@
 //   1  flora 0.1: options and per-parameter state of flora-opt 0.0.3 plus
 //      projection, check_finite and quantization_block_size.
 //   2  options: capturable, max_aspect_ratio, stochastic_rounding.
+//   3  options: momentum_projection, momentum_rescale.
 
 #include <cstdint>
 
 namespace flora::detail {
 
-constexpr int64_t kCheckpointFormat = 2;
+constexpr int64_t kCheckpointFormat = 3;
 
 } // namespace flora::detail

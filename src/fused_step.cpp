@@ -25,6 +25,15 @@
 // blend it to the identity on the device (keep_unless_resampled_), so that
 // the decision never needs the host.
 //
+// The variants of MomentumProjection (options.h) change two things: the
+// projections are orthonormalised (a batched QR, signs fixed by R's
+// diagonal) and, with momentum_rescale, up(M) is scaled by ||M|| / ||up(M)||
+// (from the r x r Gram matrix of P); both are computed, with M gathered,
+// before the commit (the QR and the reductions allocate), in buffers of
+// their own. `subspace` mixes as
+//   update = u + b1 Q^T (M - Q u)
+// (Q u through the old basis when resampling), M' as above.
+//
 // Nothing changes until every gradient's sums are in: a non-finite
 // gradient (for a parameter whose options ask for the check) is reported
 // with one host read of the flags per device, before any state is touched.
@@ -261,6 +270,14 @@ struct Invocation {
   bool left = true, carry_basis = false;
   std::vector<int64_t> seeds, previous_seeds;
   torch::Tensor u, p_new, p_old, down, gathered, carried, carry;
+  // Variants (prepare_variant): projections, M and the rescaled M made
+  // before the commit; down_old = Q_old u for `subspace` when resampling.
+  MomentumProjection projection = MomentumProjection::gaussian;
+  bool rescale = false;
+  bool prepared = false;
+  torch::Tensor scaled, down_old;
+  // Recorded statistics: views of the sums, made before the commit.
+  std::vector<ParameterStatistics> statistics;
 };
 
 // The compressed groups' buffers: one allocation of each kind for the whole
@@ -322,6 +339,8 @@ Invocation prepare(Group& g, std::vector<Member>& all) {
     // Eager: whether this step resamples is known (the same for the whole
     // group); capturable: always take the basis change, kept only when due.
     v.carry_basis = g.capturable || first.resample;
+    v.projection = o.momentum_projection();
+    v.rescale = o.momentum_rescale();
     for (auto* x : g.members) {
       v.seeds.push_back(x->seed);
       v.previous_seeds.push_back(x->previous_seed);
@@ -364,19 +383,84 @@ void allocate(StepBuffers& b, const torch::TensorOptions& fp32, bool carry) {
   b.carry_buf = carry ? torch::empty({b.carry}, fp32) : torch::Tensor();
 }
 
+bool is_variant(const Invocation& v) {
+  return v.projection != MomentumProjection::gaussian || v.rescale;
+}
+
 void attach(Invocation& v, const StepBuffers& b) {
   const int64_t count = static_cast<int64_t>(v.params.size());
   const auto projection = v.left ? std::vector<int64_t>{count, v.r, v.m} : std::vector<int64_t>{count, v.n, v.r};
   const auto compressed = v.left ? std::vector<int64_t>{count, v.r, v.n} : std::vector<int64_t>{count, v.m, v.r};
   v.u = view_of(b.u_buf, {count, v.m, v.n});
-  v.p_new = view_of(b.p_new_buf, projection);
   v.down = view_of(b.down_buf, compressed);
-  v.gathered = view_of(b.gathered_buf, compressed);
+  // A variant fills its projections and M before the commit, while earlier
+  // chunks, which share the step's buffers, have not run yet: it gets
+  // buffers of its own for them.
+  const bool own = is_variant(v);
+  v.p_new = own ? torch::empty(projection, b.u_buf.options()) : view_of(b.p_new_buf, projection);
+  v.gathered = own ? torch::empty(compressed, b.u_buf.options()) : view_of(b.gathered_buf, compressed);
   if (v.carry_basis) {
-    v.p_old = view_of(b.p_old_buf, projection);
+    v.p_old = own ? torch::empty(projection, b.u_buf.options()) : view_of(b.p_old_buf, projection);
     v.carried = view_of(b.carried_buf, compressed);
     v.carry = view_of(b.carry_buf, {count, v.r, v.r});
   }
+}
+
+// `p` ((G, r, d) rows or (G, d, r) columns, `left` saying which) made
+// orthonormal along d, times `scale`: Q of the QR decomposition of each
+// (d, r) matrix, its columns multiplied by the signs of R's diagonal, so
+// that the subspace is Haar-distributed (Mezzadri's correction) and the
+// result a function of the seed alone.
+void orthonormalize(torch::Tensor& p, bool left, double scale) {
+  const auto a = left ? p.transpose(1, 2) : p;
+  auto [q, r] = at::linalg_qr(a, "reduced");
+  auto signs = r.diagonal(0, -2, -1).sign();
+  signs = at::where(signs == 0, at::ones_like(signs), signs);
+  a.copy_(q * (signs.unsqueeze(1) * scale));
+}
+
+// Before the commit, for a variant: this step's projections (orthonormal
+// for `orthonormal` and `subspace`), M gathered and, with momentum_rescale,
+// M scaled by ||M|| / ||up(M)||. Everything here allocates or may throw;
+// nothing here writes a parameter or a state.
+void prepare_variant(Invocation& v) {
+  if (!is_variant(v)) {
+    return;
+  }
+  const auto& o = *v.group->options;
+  const auto side = v.left ? ops::SeedSide::left : ops::SeedSide::right;
+  const double gaussian_scale = 1.0 / std::sqrt(static_cast<double>(v.r));
+  ops::philox_normal_batch_(v.p_new, v.seeds, {}, 0, side, gaussian_scale);
+  if (v.carry_basis) {
+    ops::philox_normal_batch_(v.p_old, v.previous_seeds, {}, 0, side, gaussian_scale);
+  }
+  if (v.projection != MomentumProjection::gaussian) {
+    // E[P^T P] = I needs sqrt(d / r) on orthonormal rows; `subspace` keeps them orthonormal.
+    const double d = static_cast<double>(v.left ? v.m : v.n);
+    const double scale = v.projection == MomentumProjection::orthonormal ? std::sqrt(d / static_cast<double>(v.r)) : 1.0;
+    orthonormalize(v.p_new, v.left, scale);
+    if (v.carry_basis) {
+      orthonormalize(v.p_old, v.left, scale);
+    }
+  }
+  ops::gather_moments_(v.momentum, v.momentum_absmax, o.quantization_block_size(), v.code_map, v.gathered);
+  if (v.rescale) {
+    // ||up(M)||^2 = tr(M^T (P P^T) M) (left) or tr(M (P^T P) M^T) (right):
+    // r x r Gram matrices, nothing of the parameter's size.
+    const auto& p_old = v.carry_basis ? v.p_old : v.p_new;
+    const auto& m = v.gathered;
+    const auto gram = v.left ? at::bmm(p_old, p_old.transpose(1, 2)) : at::bmm(p_old.transpose(1, 2), p_old);
+    const auto through = v.left ? at::bmm(gram, m) : at::bmm(m, gram);
+    const auto up_sq = (through * m).sum({1, 2});
+    const auto m_sq = (m * m).sum({1, 2});
+    // A zero momentum (the first step) has nothing to scale.
+    const auto factor = at::where(up_sq > 0, (m_sq / up_sq).sqrt(), at::ones_like(up_sq));
+    v.scaled = m * factor.view({-1, 1, 1});
+  }
+  if (v.projection == MomentumProjection::subspace && v.carry_basis) {
+    v.down_old = torch::empty_like(v.down);
+  }
+  v.prepared = true;
 }
 
 void run_full(Invocation& v) {
@@ -411,9 +495,11 @@ void run_compressed(Invocation& v) {
       ops::philox_normal_batch_(out, previous ? v.previous_seeds : v.seeds, {}, 0, side, scale);
     }
   };
-  draw(v.p_new, false);
-  if (v.carry_basis) {
-    draw(v.p_old, true);
+  if (!v.prepared) { // a variant drew (and orthonormalised) them before the commit
+    draw(v.p_new, false);
+    if (v.carry_basis) {
+      draw(v.p_old, true);
+    }
   }
   const auto& p_old = v.carry_basis ? v.p_old : v.p_new;
   const auto p_old_t = p_old.transpose(1, 2);
@@ -424,12 +510,35 @@ void run_compressed(Invocation& v) {
   } else {
     at::bmm_out(v.down, v.u, v.p_new);
   }
-  ops::gather_moments_(v.momentum, v.momentum_absmax, block, v.code_map, v.gathered);
-  // update = (1 - b1) u + b1 up(M), in place.
-  if (v.left) {
-    v.u.baddbmm_(p_old_t, v.gathered, 1.0 - b1, b1);
+  if (!v.prepared) {
+    ops::gather_moments_(v.momentum, v.momentum_absmax, block, v.code_map, v.gathered);
+  }
+  if (v.projection == MomentumProjection::subspace) {
+    // update = u + b1 Q^T (M - Q u), with Q the basis M is in (the old one
+    // when resampling), in place: down_old = Q u first.
+    const auto& down_old = v.carry_basis ? v.down_old : v.down;
+    if (v.carry_basis) {
+      if (v.left) {
+        at::bmm_out(v.down_old, p_old, v.u);
+      } else {
+        at::bmm_out(v.down_old, v.u, p_old);
+      }
+    }
+    if (v.left) {
+      v.u.baddbmm_(p_old_t, v.gathered, 1.0, b1);
+      v.u.baddbmm_(p_old_t, down_old, 1.0, -b1);
+    } else {
+      v.u.baddbmm_(v.gathered, p_old_t, 1.0, b1);
+      v.u.baddbmm_(down_old, p_old_t, 1.0, -b1);
+    }
   } else {
-    v.u.baddbmm_(v.gathered, p_old_t, 1.0 - b1, b1);
+    // update = (1 - b1) u + b1 up(M) (M rescaled with momentum_rescale), in place.
+    const auto& mixed = v.rescale ? v.scaled : v.gathered;
+    if (v.left) {
+      v.u.baddbmm_(p_old_t, mixed, 1.0 - b1, b1);
+    } else {
+      v.u.baddbmm_(mixed, p_old_t, 1.0 - b1, b1);
+    }
   }
   torch::Tensor momentum = v.gathered;
   if (v.carry_basis) {
@@ -455,7 +564,10 @@ void run_compressed(Invocation& v) {
 
 } // namespace
 
-void fused_step(StateMap& states, std::vector<PendingUpdate>& pending) {
+void fused_step(
+    StateMap& states,
+    std::vector<PendingUpdate>& pending,
+    std::map<int64_t, ParameterStatistics>* statistics) {
   if (pending.empty()) {
     return;
   }
@@ -523,6 +635,27 @@ void fused_step(StateMap& states, std::vector<PendingUpdate>& pending) {
   for (auto& v : invocations) {
     if (v.group->kind == Kind::compressed) {
       attach(v, buffers[v.params.front().device().str()]);
+      prepare_variant(v);
+    }
+  }
+  if (statistics != nullptr) {
+    // Views of each group's sums (slot i: sum p^2, slot count + i: sum
+    // u^2), and the map's entries, made now so that recording after the
+    // step allocates nothing.
+    for (auto& v : invocations) {
+      const int64_t count = static_cast<int64_t>(v.group->members.size());
+      const auto both = v.group->sums.narrow(0, 0, 2 * count).view({2, count});
+      for (int64_t i = 0; i < count; ++i) {
+        const auto& m = *v.group->members[i];
+        ParameterStatistics s;
+        s.index = m.pending->index;
+        s.step = m.step;
+        s.numel = m.param.numel();
+        s.clip_threshold = v.group->options->clip_threshold();
+        s.sums = both.select(1, i);
+        v.statistics.push_back(std::move(s));
+        statistics->try_emplace(m.pending->index);
+      }
     }
   }
 
@@ -564,6 +697,13 @@ void fused_step(StateMap& states, std::vector<PendingUpdate>& pending) {
   for (auto& m : members) {
     if (!m.param.is_same(m.pending->param)) {
       m.pending->param.copy_(m.param); // the parameter was not contiguous
+    }
+  }
+  if (statistics != nullptr) {
+    for (auto& v : invocations) {
+      for (auto& s : v.statistics) {
+        (*statistics)[s.index] = std::move(s); // the entry exists: no allocation
+      }
     }
   }
 }

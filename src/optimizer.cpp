@@ -121,20 +121,23 @@ class ReferenceUndo {
 // Reference-mode parameters go through flora-opt's sequence, the others
 // through the fused step. An error anywhere leaves the parameters and the
 // state as they were.
-void run_step(detail::StateMap& states, std::vector<PendingUpdate>& pending) {
+void run_step(
+    detail::StateMap& states,
+    std::vector<PendingUpdate>& pending,
+    std::map<int64_t, ParameterStatistics>* statistics) {
   std::vector<PendingUpdate> reference, fused;
   for (auto& p : pending) {
     (p.options->projection() == ProjectionMode::reference ? reference : fused).push_back(std::move(p));
   }
   check_all_finite(reference);
   if (reference.empty()) {
-    detail::fused_step(states, fused); // checks and allocates everything before its first write
+    detail::fused_step(states, fused, statistics); // checks and allocates everything before its first write
     return;
   }
   ReferenceUndo undo(states, reference);
   try {
     detail::reference_step(states, reference);
-    detail::fused_step(states, fused);
+    detail::fused_step(states, fused, statistics);
   } catch (...) {
     undo.restore();
     throw;
@@ -183,7 +186,7 @@ torch::Tensor Flora::step(LossClosure closure) {
       pending.push_back({param, grad, &options, index, std::move(who)});
     }
   }
-  run_step(state_, pending);
+  run_step(state_, pending, record_statistics_ ? &statistics_ : nullptr);
   return loss;
 }
 
@@ -235,7 +238,25 @@ void Flora::step_parameter(const torch::Tensor& param, const torch::Tensor& grad
   auto who = detail::describe_parameter(at->index, g, at->position, param);
   check_gradient(param, grad, who, options);
   std::vector<PendingUpdate> pending{{param, grad, &options, at->index, std::move(who)}};
-  run_step(state_, pending);
+  run_step(state_, pending, record_statistics_ ? &statistics_ : nullptr);
+}
+
+void Flora::record_statistics(bool on) {
+  record_statistics_ = on;
+  if (!on) {
+    statistics_.clear();
+  }
+}
+
+std::vector<ParameterStatistics> Flora::statistics() const {
+  std::vector<ParameterStatistics> out;
+  out.reserve(statistics_.size());
+  for (const auto& [index, s] : statistics_) {
+    if (s.sums.defined()) { // an entry made for a step that then failed stays empty
+      out.push_back(s);
+    }
+  }
+  return out;
 }
 
 int64_t Flora::state_bytes() const {

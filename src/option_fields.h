@@ -49,6 +49,8 @@ void for_each_option(Visit&& visit, Options&... options) {
   visit(FieldInfo{"capturable", 2}, options.capturable()...);
   visit(FieldInfo{"max_aspect_ratio", 2}, options.max_aspect_ratio()...);
   visit(FieldInfo{"stochastic_rounding", 2}, options.stochastic_rounding()...);
+  visit(FieldInfo{"momentum_projection", 3}, options.momentum_projection()...);
+  visit(FieldInfo{"momentum_rescale", 3}, options.momentum_rescale()...);
 }
 
 /// Reads FloraOptions written in checkpoint format `format`

@@ -140,6 +140,32 @@ void validate(const FloraOptions& o, const char* where) {
   TORCH_CHECK(
       !o.stochastic_rounding() || o.projection() == ProjectionMode::philox, where,
       ": stochastic_rounding(true) needs the philox projection (reference mode writes parameters as flora-opt does)");
+  const bool variant = o.momentum_projection() != MomentumProjection::gaussian || o.momentum_rescale();
+  TORCH_CHECK(
+      !variant || o.projection() == ProjectionMode::philox, where, ": momentum_projection(",
+      to_string(o.momentum_projection()), ") and momentum_rescale(", o.momentum_rescale(),
+      ") other than flora-opt's rule need the philox projection (reference mode is flora-opt's sequence)");
+  TORCH_CHECK(
+      !variant || !o.capturable(), where, ": momentum_projection(", to_string(o.momentum_projection()),
+      ") and momentum_rescale(", o.momentum_rescale(),
+      ") are not capturable: their QR decompositions and Gram factors are computed before the step writes, "
+      "from host-side seeds; use capturable(false)");
+  TORCH_CHECK(
+      !(o.momentum_rescale() && o.momentum_projection() == MomentumProjection::subspace), where,
+      ": momentum_rescale(true) does nothing with momentum_projection(subspace), where up(M) = Q^T M already has "
+      "M's norm; use one or the other");
+}
+
+const char* to_string(MomentumProjection p) {
+  switch (p) {
+    case MomentumProjection::gaussian:
+      return "gaussian";
+    case MomentumProjection::orthonormal:
+      return "orthonormal";
+    case MomentumProjection::subspace:
+      return "subspace";
+  }
+  return "unknown";
 }
 
 } // namespace flora

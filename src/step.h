@@ -9,6 +9,7 @@
 
 #include <flora/optimizer.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,11 @@ void reference_step(StateMap& states, std::vector<PendingUpdate>& pending);
 /// itself (with the step's first reductions, before anything changes, one
 /// host synchronisation per device) and throws, changing nothing, if one
 /// of a parameter whose options ask for the check has any.
-void fused_step(StateMap& states, std::vector<PendingUpdate>& pending);
+/// With `statistics`, each stepped parameter's entry (by index) is
+/// replaced by this step's ParameterStatistics once the step succeeded.
+void fused_step(
+    StateMap& states,
+    std::vector<PendingUpdate>& pending,
+    std::map<int64_t, ParameterStatistics>* statistics = nullptr);
 
 } // namespace flora::detail

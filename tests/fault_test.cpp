@@ -79,20 +79,26 @@ struct Model {
 };
 
 // Every kind of parameter; after two steps the third resamples (kappa 3)
-// and one parameter gets its first gradient.
-Model make_model(ProjectionMode mode) {
+// and one parameter gets its first gradient. `variants`: group 0's
+// compressed momentum is orthonormal and rescaled, group 1's (8-bit) is a
+// subspace momentum: their QR decompositions and Gram factors allocate
+// too, before the commit.
+Model make_model(ProjectionMode mode, bool variants = false) {
   Model m;
   m.params = {
       flora::testing::param({8, 24}, 1), flora::testing::param({24, 8}, 2), flora::testing::param({40, 6}, 3),
       flora::testing::param({17}, 4), flora::testing::param({10, 12}, 5, torch::kBFloat16),
       flora::testing::param({3, 4, 5}, 6), flora::testing::param({6, 6}, 7)};
-  const auto base = FloraOptions(1e-2).beta1(0.9).rank(4).kappa(3).projection(mode);
+  auto base = FloraOptions(1e-2).beta1(0.9).rank(4).kappa(3).projection(mode);
+  auto second = FloraOptions(base).quantization(true).quantization_block_size(32).stochastic_rounding(
+      mode == ProjectionMode::philox);
+  if (variants) {
+    base.momentum_projection(flora::MomentumProjection::orthonormal).momentum_rescale(true);
+    second.momentum_projection(flora::MomentumProjection::subspace);
+  }
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(std::vector<torch::Tensor>{m.params[0], m.params[1], m.params[2], m.params[3], m.params[6]});
-  groups.emplace_back(
-      std::vector<torch::Tensor>{m.params[4], m.params[5]},
-      std::make_unique<FloraOptions>(FloraOptions(base).quantization(true).quantization_block_size(32).stochastic_rounding(
-          mode == ProjectionMode::philox)));
+  groups.emplace_back(std::vector<torch::Tensor>{m.params[4], m.params[5]}, std::make_unique<FloraOptions>(second));
   m.opt = std::make_unique<Flora>(groups, base);
   for (int s = 1; s <= 2; ++s) {
     for (size_t i = 0; i + 1 < m.params.size(); ++i) { // the last one waits for step 3
@@ -147,7 +153,7 @@ bool unchanged(const Model& m, const Snapshot& s, std::string& what) {
   return true;
 }
 
-void expect_every_failure_is_clean(ProjectionMode mode, bool per_parameter) {
+void expect_every_failure_is_clean(ProjectionMode mode, bool per_parameter, bool variants = false) {
   auto& allocator = FailingAllocator::install();
   auto step = [&](Model& m) {
     if (per_parameter) {
@@ -161,7 +167,7 @@ void expect_every_failure_is_clean(ProjectionMode mode, bool per_parameter) {
   // How many allocations one step makes.
   int64_t allocations = 0;
   {
-    auto m = make_model(mode);
+    auto m = make_model(mode, variants);
     allocator.arm(std::numeric_limits<int64_t>::max());
     step(m);
     allocations = allocator.seen();
@@ -170,7 +176,7 @@ void expect_every_failure_is_clean(ProjectionMode mode, bool per_parameter) {
   ASSERT_GT(allocations, 10);
   int64_t failures = 0;
   for (int64_t k = 1; k <= allocations; ++k) {
-    auto m = make_model(mode);
+    auto m = make_model(mode, variants);
     // step_parameter commits parameter by parameter (it is one step per
     // parameter): what must survive a failure is everything before the call
     // that failed, so compare with the state before each call.
@@ -210,7 +216,8 @@ void expect_every_failure_is_clean(ProjectionMode mode, bool per_parameter) {
   }
   EXPECT_EQ(failures, allocations);
   std::cout << "[ faults   ] " << (mode == ProjectionMode::philox ? "philox" : "reference")
-            << (per_parameter ? ", per parameter" : ", whole step") << ": " << failures
+            << (variants ? " with momentum variants" : "") << (per_parameter ? ", per parameter" : ", whole step")
+            << ": " << failures
             << " injected allocation failures, nothing changed by any" << std::endl;
 }
 
@@ -222,6 +229,11 @@ TEST(Faults, AnAllocationFailureAnywhereInAStepChangesNothing) {
 TEST(Faults, AnAllocationFailureInAFusedBackwardUpdateChangesNothing) {
   expect_every_failure_is_clean(ProjectionMode::philox, true);
   expect_every_failure_is_clean(ProjectionMode::reference, true);
+}
+
+TEST(Faults, MomentumVariantsChangeNothingOnAnAllocationFailure) {
+  expect_every_failure_is_clean(ProjectionMode::philox, false, true);
+  expect_every_failure_is_clean(ProjectionMode::philox, true, true);
 }
 
 // A gradient that turns out non-finite only when its own group's sums are

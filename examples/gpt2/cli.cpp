@@ -322,6 +322,12 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
                          "random sketches instead of in full");
   flags.flag("--overlap", s.overlap,
              "data-parallel: start the gradient exchange from hooks during backward");
+  flags.choice("--momentum-projection", s.momentum_projection, {"gaussian", "orthonormal", "subspace"},
+               "flora: how the compressed momentum is projected (gaussian: flora-opt's)");
+  flags.flag("--momentum-rescale", s.momentum_rescale,
+             "flora: scale the decompressed momentum to the norm it has without projection noise");
+  flags.integer("--stats-every", t.stats_every, 0, kNoLimit,
+                "flora: write each parameter's update RMS and clip factor every N steps to statistics.csv (0: off)");
   // Training.
   flags.integer("--steps", t.steps, 1, kNoLimit, "optimizer steps per run");
   flags.integer("--batch-size", t.batch_size, 1, kNoLimit, "sequences per micro-batch");
@@ -412,7 +418,8 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
 
   // Flags that no requested optimizer uses.
   for (const char* name : {"--flora-lr", "--rank", "--kappa", "--beta1", "--flora-seed", "--projection",
-                           "--quantization", "--fused-backward", "--max-aspect-ratio", "--stochastic-rounding"}) {
+                           "--quantization", "--fused-backward", "--max-aspect-ratio", "--stochastic-rounding",
+                           "--momentum-projection", "--momentum-rescale", "--stats-every"}) {
     if (flags.given(name) && !flora) {
       throw UsageError(std::string(name) + " applies to flora only, and " + which + " runs no flora");
     }
@@ -473,6 +480,16 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
                      "' with --fused-backward and --grad-accum " + std::to_string(t.grad_accum) +
                      ": the fused backward exchanges its accumulated gradients as they are; compress them with "
                      "--accumulation-rank instead");
+  }
+  // The library's rules for the momentum variants, named by their flags.
+  if (s.momentum_rescale && s.momentum_projection == "subspace") {
+    throw UsageError("--momentum-rescale and --momentum-projection 'subspace' conflict: a subspace momentum has "
+                     "its own norm already");
+  }
+  if ((s.momentum_rescale || s.momentum_projection != "gaussian") && s.projection == "reference") {
+    throw UsageError(std::string(s.momentum_rescale ? "--momentum-rescale" : "--momentum-projection '" +
+                                                                                 s.momentum_projection + "'") +
+                     " needs --projection philox (reference is flora-opt's own sequence)");
   }
   if (flags.given("--adam-lr") && !adam) {
     throw UsageError("--adam-lr applies to adam and adamw only, and " + which + " runs neither");

@@ -72,6 +72,9 @@ struct Settings {
   /// (How often, and where to stop, are TrainOptions'.)
   std::string checkpoint;
   bool resume = false;
+  /// flora::MomentumProjection by name, and momentum_rescale.
+  std::string momentum_projection = "gaussian";
+  bool momentum_rescale = false;
 
   TrainOptions train = default_train_options();
   std::string device = "auto";

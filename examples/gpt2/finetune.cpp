@@ -259,6 +259,8 @@ RunPlan prepare_run(const Settings& settings) {
       spec.fused_backward = s.fused_backward;
       spec.max_aspect_ratio = s.max_aspect_ratio;
       spec.stochastic_rounding = s.stochastic_rounding;
+      spec.momentum_projection = parse_momentum_projection(s.momentum_projection);
+      spec.momentum_rescale = s.momentum_rescale;
     }
     // The command line has checked every value: an error here is a bug, or
     // a rule of the library that the command line does not know.
@@ -469,6 +471,10 @@ int run_all(const RunPlan& plan) {
   write_summary_csv(join_path(s.out, "summary.csv"), results);
   write_loss_svg(join_path(s.out, "loss.svg"), results);
   std::string files = "metrics.csv, summary.csv, loss.svg";
+  if (s.train.stats_every > 0) {
+    write_statistics_csv(join_path(s.out, "statistics.csv"), results);
+    files += ", statistics.csv";
+  }
   if (png_supported()) {
     write_loss_png(join_path(s.out, "loss.png"), results);
     files += ", loss.png";

@@ -120,4 +120,21 @@ void write_summary_csv(const std::string& path, const std::vector<RunResult>& ru
   write_file_atomic(path, out.str());
 }
 
+void write_statistics_csv(const std::string& path, const std::vector<RunResult>& runs) {
+  std::ostringstream out;
+  out << "optimizer,label,step,parameter,shape,momentum,param_rms,update_rms,clip_factor\n";
+  for (const auto& r : runs) {
+    for (const auto& s : r.statistics) {
+      std::string shape;
+      for (const auto d : s.shape) {
+        shape += (shape.empty() ? "" : "x") + std::to_string(d);
+      }
+      out << csv_field(r.name) << ',' << csv_field(r.label) << ',' << s.step << ',' << csv_field(s.parameter) << ','
+          << shape << ',' << s.momentum << ',' << num(s.param_rms, "%.6g") << ',' << num(s.update_rms, "%.6g") << ','
+          << num(s.clip_factor, "%.6g") << '\n';
+    }
+  }
+  write_file_atomic(path, out.str());
+}
+
 } // namespace flora::gpt2

@@ -26,6 +26,11 @@ void write_metrics_csv(const std::string& path, const std::vector<RunResult>& ru
 /// summary.csv: one row per run with every number of the table, unrounded.
 void write_summary_csv(const std::string& path, const std::vector<RunResult>& runs);
 
+/// statistics.csv (--stats-every): optimizer,label,step,parameter,shape,
+/// momentum,param_rms,update_rms,clip_factor; one row per sampled
+/// parameter and step.
+void write_statistics_csv(const std::string& path, const std::vector<RunResult>& runs);
+
 /// A CSV field, quoted when needed.
 std::string csv_field(const std::string& s);
 

@@ -371,6 +371,12 @@ std::string OptimizerSpec::label() const {
     if (stochastic_rounding) {
       s += ",sr";
     }
+    if (momentum_projection != MomentumProjection::gaussian) {
+      s += std::string(",") + to_string(momentum_projection);
+    }
+    if (momentum_rescale) {
+      s += ",rescale";
+    }
     if (quantization == "8bit") {
       s += ",8bit";
     }
@@ -403,6 +409,15 @@ ProjectionMode parse_projection(const std::string& name) {
   TORCH_CHECK(false, "--projection must be philox or reference, got '", name, "'");
 }
 
+MomentumProjection parse_momentum_projection(const std::string& name) {
+  for (auto p : {MomentumProjection::gaussian, MomentumProjection::orthonormal, MomentumProjection::subspace}) {
+    if (name == to_string(p)) {
+      return p;
+    }
+  }
+  TORCH_CHECK(false, "--momentum-projection must be gaussian, orthonormal or subspace, got '", name, "'");
+}
+
 FloraOptions flora_options(const OptimizerSpec& spec) {
   FloraOptions options(spec.lr);
   options.rank(spec.rank)
@@ -410,6 +425,8 @@ FloraOptions flora_options(const OptimizerSpec& spec) {
       .beta1(spec.beta1)
       .seed(spec.seed)
       .projection(spec.projection)
+      .momentum_projection(spec.momentum_projection)
+      .momentum_rescale(spec.momentum_rescale)
       .weight_decay(spec.weight_decay)
       .quantization(spec.quantization == "8bit")
       .max_aspect_ratio(spec.max_aspect_ratio)

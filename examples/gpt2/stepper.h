@@ -63,6 +63,8 @@ struct OptimizerSpec {
   double max_aspect_ratio = 4.0;
   /// FloraOptions::stochastic_rounding (bfloat16 parameters).
   bool stochastic_rounding = false;
+  MomentumProjection momentum_projection = MomentumProjection::gaussian;
+  bool momentum_rescale = false;
   // Flora memory modes.
   /// "none" or "8bit" (flora only).
   std::string quantization = "none";
@@ -150,5 +152,7 @@ std::unique_ptr<TrainStepper> make_stepper(
 
 /// Parses "philox" / "reference".
 ProjectionMode parse_projection(const std::string& name);
+/// Parses "gaussian" / "orthonormal" / "subspace".
+MomentumProjection parse_momentum_projection(const std::string& name);
 
 } // namespace flora::gpt2

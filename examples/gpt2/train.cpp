@@ -244,6 +244,17 @@ RunResult train(
   OptimizerSpec step_spec = spec;
   step_spec.micro_batches = options.grad_accum;
   auto stepper = make_stepper(step_spec, model->parameters(), parallel); // broadcasts rank 0's parameters
+  // --stats-every: Flora records each parameter's update RMS before clipping
+  // and its clip factor, sampled below (observing only: the step is the same).
+  auto* flora_optimizer = dynamic_cast<flora::Flora*>(&stepper->optimizer());
+  const bool sample = options.stats_every > 0 && flora_optimizer != nullptr;
+  std::vector<std::string> parameter_names;
+  if (sample) {
+    flora_optimizer->record_statistics(true);
+    for (const auto& item : model->named_parameters()) {
+      parameter_names.push_back(item.key());
+    }
+  }
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const Identity identity = run_identity(step_spec, options, world, model->parameters().front().scalar_type());
   int64_t first_step = 1;
@@ -316,6 +327,10 @@ RunResult train(
       break;
     }
     const double seconds = seconds_since(start);
+    if (sample && (step == 1 || step % options.stats_every == 0)) {
+      auto rows = sample_statistics(*flora_optimizer, step, parameter_names, model->parameters());
+      result.statistics.insert(result.statistics.end(), rows.begin(), rows.end());
+    }
     train_seconds += seconds;
     window_seconds += seconds;
     ++window_steps;

@@ -9,6 +9,7 @@
 #include "memory.h"
 #include "model.h"
 #include "stepper.h"
+#include "update_statistics.h"
 
 #include <torch/types.h>
 
@@ -48,6 +49,9 @@ struct TrainOptions {
   /// End this invocation after this step (0: run to `steps`); the schedule
   /// is still that of `steps` steps, so a resumed run continues it.
   int64_t stop_after = 0;
+  /// Flora: sample the update statistics every this many steps (and at
+  /// step 1) into RunResult::statistics; 0: never.
+  int64_t stats_every = 0;
 };
 
 /// Linear warm-up from 0 to base_lr over warmup_steps, then cosine decay to
@@ -91,6 +95,8 @@ struct RunResult {
   /// or a gradient became NaN: learning rate too high). The numbers then
   /// describe the steps completed.
   std::string failure;
+  /// --stats-every: the sampled update statistics (flora only).
+  std::vector<UpdateStatistics> statistics;
 };
 
 /// Mean next-token cross-entropy over the held-out blocks (eval mode, no

@@ -12,4 +12,5 @@
 #include <flora/projection.h>
 #include <flora/quantization.h>
 #include <flora/state_bytes.h>
+#include <flora/statistics.h>
 #include <flora/version.h>

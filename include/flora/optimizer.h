@@ -9,11 +9,13 @@
 #include <flora/export.h>
 #include <flora/layout.h>
 #include <flora/options.h>
+#include <flora/statistics.h>
 
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
 
 #include <cstdint>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -83,7 +85,23 @@ class FLORA_API Flora : public torch::optim::Optimizer {
   /// (FusedBackward). The parameter's .grad is not used.
   void step_parameter(const torch::Tensor& param, const torch::Tensor& grad);
 
+  /// Keep, from now on, each parameter's ParameterStatistics of its latest
+  /// step (statistics.h): views of the step's own sums, no extra kernel,
+  /// no synchronisation. Off by default; false drops what was kept.
+  /// Parameters stepped in ProjectionMode::reference (flora-opt's
+  /// sequence, which has no such sums) are not recorded.
+  void record_statistics(bool on);
+  bool recording_statistics() const {
+    return record_statistics_;
+  }
+  /// The recorded statistics, one per parameter that has stepped since
+  /// recording began, in parameter order (ParameterStatistics::index).
+  std::vector<ParameterStatistics> statistics() const;
+
  private:
+  bool record_statistics_ = false;
+  std::map<int64_t, ParameterStatistics> statistics_;
+
   // Where each parameter sits, for step_parameter (called once per
   // parameter per step by FusedBackward): built on first use and rebuilt
   // when the groups change, so that a lookup is not a scan of every group.

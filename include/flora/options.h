@@ -38,6 +38,28 @@ enum class ProjectionMode : int64_t {
   reference = 1,
 };
 
+/// How a compressed momentum is projected and mixed into the update (not in
+/// flora-opt, whose rule is `gaussian`). With P the projection of a
+/// parameter, u its normalised gradient and M its compressed momentum
+/// (README, "Quality", measures all three).
+enum class MomentumProjection : int64_t {
+  /// flora-opt's rule: P Gaussian, scaled so that E[P^T P] = I (up(down(X))
+  /// is unbiased); update = (1 - b1) u + b1 up(M).
+  gaussian = 0,
+  /// The same rule with P's r rows (or columns) orthonormal, times
+  /// sqrt(d / r) (d the projected side) so that E[P^T P] = I still: the
+  /// Gaussian draw orthonormalised by a QR decomposition, signs fixed by
+  /// R's diagonal (a Haar-distributed subspace). Removes the spread of the
+  /// Gaussian's singular values, not the d / r inflation of up(down(X)).
+  orthonormal = 1,
+  /// Q with orthonormal rows and no scaling; the momentum lives in Q's
+  /// subspace and the current gradient is used outside it:
+  /// update = u + b1 Q^T (M - Q u), M' = b1 M + (1 - b1) Q u. Biased (the
+  /// momentum is not rescaled by d / r) but without the projection's
+  /// noise; at r = d it is exactly the full momentum.
+  subspace = 2,
+};
+
 struct FLORA_API FloraOptions
     : public torch::optim::OptimizerCloneableOptions<FloraOptions> {
   /// The learning rate. Required unless relative_step is true.
@@ -123,6 +145,19 @@ struct FLORA_API FloraOptions
   /// parameters are unaffected; float16 ones are refused. Needs the philox
   /// projection (the fused step). Not in flora-opt.
   TORCH_ARG(bool, stochastic_rounding) = false;
+  /// How the compressed momentum is projected and applied (see
+  /// MomentumProjection; `gaussian` is flora-opt's rule). The other two
+  /// orthonormalise each projection with a batched QR decomposition before
+  /// the step writes anything; they need the philox projection and are not
+  /// capturable. Not in flora-opt.
+  TORCH_ARG(MomentumProjection, momentum_projection) = MomentumProjection::gaussian;
+  /// Scale the decompressed momentum up(M) in the update by
+  /// ||M|| / ||up(M)||: the RMS it would have without the projection's
+  /// d / r inflation (E||M||^2 = ||EMA of u||^2 since E[P^T P] = I), from
+  /// the r x r Gram matrix of P, nothing of the parameter's size. With
+  /// `gaussian` or `orthonormal` (with `subspace`, ||Q^T M|| = ||M||
+  /// already); philox only, not capturable. Not in flora-opt.
+  TORCH_ARG(bool, momentum_rescale) = false;
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -159,5 +194,8 @@ struct FLORA_API FloraOptions
 /// Throws c10::Error (naming the option and its value) unless the options
 /// are usable. `where` prefixes the message, e.g. "param group 2".
 FLORA_API void validate(const FloraOptions& options, const char* where = "FloraOptions");
+
+/// "gaussian", "orthonormal" or "subspace".
+FLORA_API const char* to_string(MomentumProjection projection);
 
 } // namespace flora

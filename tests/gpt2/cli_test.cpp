@@ -101,6 +101,8 @@ TEST(Gpt2Cli, EveryFlagRefusesBadValues) {
   add_values("--checkpoint", {"", f.not_a_dir + "/sub"});
   add_values("--checkpoint-every", {"0", "-1", "x"}, {"--checkpoint", f.dir.file("ck")});
   add_values("--stop-after", {"0", "-3", "1.5"}, {"--checkpoint", f.dir.file("ck")});
+  add_values("--momentum-projection", {"haar", ""});
+  add_values("--stats-every", {"-1", "x", "2.5"});
   // Training.
   add_values("--steps", {"0", "-5", "abc", "1.5", "", "10abc", " 5"});
   add_values("--batch-size", {"0", "-1", "x"});
@@ -150,6 +152,11 @@ TEST(Gpt2Cli, EveryFlagRefusesBadValues) {
       {{"--compare", "adam,adamw", "--kappa", "8"}, {"--kappa", "flora only", "--compare adam,adamw"}},
       {{"--optimizer", "adamw", "--fused-backward"}, {"--fused-backward", "flora only"}},
       {{"--optimizer", "adam", "--quantization", "8bit"}, {"--quantization", "flora only"}},
+      {{"--optimizer", "adam", "--momentum-rescale"}, {"--momentum-rescale", "flora only"}},
+      {{"--optimizer", "adamw", "--stats-every", "5"}, {"--stats-every", "flora only"}},
+      {{"--momentum-projection", "subspace", "--momentum-rescale"}, {"--momentum-rescale", "'subspace'"}},
+      {{"--momentum-projection", "orthonormal", "--projection", "reference"},
+       {"--momentum-projection 'orthonormal'", "--projection philox"}},
       {{"--optimizer", "adam", "--flora-lr", "0.1"}, {"--flora-lr", "flora only"}},
       {{"--optimizer", "flora", "--adam-lr", "0.1"}, {"--adam-lr", "adam and adamw only"}},
       {{"--lr", "0.1", "--adam-lr", "0.1"}, {"--lr '0.1'", "--adam-lr"}},
@@ -226,6 +233,9 @@ TEST(Gpt2Cli, GoodValuesPassEveryCheck) {
                       "64", "--batch-size", "1"}),
             "");
   EXPECT_EQ(error_of({"--compare", "adamw,adam,flora", "--adam-lr", "1e-3", "--flora-lr", "0.05"}), "");
+  EXPECT_EQ(error_of({"--optimizer", "flora", "--momentum-projection", "orthonormal", "--momentum-rescale",
+                      "--stats-every", "5"}),
+            "");
   EXPECT_EQ(error_of({"--valid-file", "", "--valid-fraction", "0.2", "--save-model", dir.file("a/b"),
                       "--check-logits", "--init-config", "tiny"}),
             "");

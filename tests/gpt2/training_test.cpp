@@ -17,6 +17,7 @@
 
 #include <flora/state_bytes.h>
 
+#include <algorithm>
 #include <chrono>
 #include <limits>
 
@@ -325,6 +326,55 @@ TEST(Gpt2Train, ADivergingRunStopsWithAReasonInsteadOfThrowing) {
   EXPECT_TRUE(std::isnan(r.eval_loss));
 }
 
+// --stats-every: Flora's update statistics sampled at step 1 and every N
+// steps, one row per parameter, and written to statistics.csv.
+TEST(Gpt2Train, StatisticsAreSampledAndWritten) {
+  TrainOptions options;
+  options.steps = 4;
+  options.batch_size = 4;
+  options.block_size = 32;
+  options.warmup_steps = 1;
+  options.eval_every = 0;
+  options.eval_max_blocks = 4;
+  options.log_every = 0;
+  options.stats_every = 2;
+  OptimizerSpec spec;
+  spec.name = "flora";
+  spec.lr = 0.08;
+  spec.rank = 16;
+  auto model = load_pretrained(testing::tiny_model_dir());
+  const auto count = model->parameters().size();
+  const auto r = train(model, corpus(), spec, options, torch::kCPU);
+  ASSERT_TRUE(r.failure.empty()) << r.failure;
+  ASSERT_EQ(r.statistics.size(), 3 * count); // steps 1, 2 and 4
+  int compressed = 0, full = 0;
+  for (const auto& s : r.statistics) {
+    EXPECT_TRUE(s.step == 1 || s.step == 2 || s.step == 4);
+    EXPECT_GT(s.update_rms, 0.0) << s.parameter;
+    EXPECT_GT(s.clip_factor, 0.0);
+    EXPECT_LE(s.clip_factor, 1.0);
+    EXPECT_DOUBLE_EQ(s.clip_factor, 1.0 / std::max(1.0, s.update_rms));
+    compressed += s.momentum == "compressed";
+    full += s.momentum == "momentum";
+  }
+  EXPECT_GT(compressed, 0); // the blocks' 64-wide matrices at rank 16
+  EXPECT_GT(full, 0);       // the embeddings (aspect ratio > 4) and the vectors
+  EXPECT_EQ(r.statistics.front().parameter, model->named_parameters().begin()->key());
+
+  testing::TempDir dir;
+  write_statistics_csv(dir.file("statistics.csv"), {r});
+  const auto text = read_file(dir.file("statistics.csv"));
+  EXPECT_EQ(text.rfind("optimizer,label,step,parameter,shape,momentum,param_rms,update_rms,clip_factor\n", 0), 0u);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), static_cast<long>(r.statistics.size()) + 1);
+  EXPECT_NE(text.find(",compressed,"), std::string::npos);
+
+  // Adam has no such statistics.
+  spec.name = "adam";
+  spec.lr = 1e-3;
+  auto adam_model = load_pretrained(testing::tiny_model_dir());
+  EXPECT_TRUE(train(adam_model, corpus(), spec, options, torch::kCPU).statistics.empty());
+}
+
 TEST(Gpt2Memory, PeakCountsTheParameters) {
   const torch::Device cpu(torch::kCPU);
   const std::vector<torch::Tensor> params = {torch::zeros({1000}), torch::zeros({10, 10}, torch::kBFloat16)};
@@ -530,6 +580,14 @@ TEST(Gpt2Checkpoint, AResumedRunContinuesBitForBit) {
   fused.quantization = "8bit";
   fused.stochastic_rounding = true;
   cases.push_back({"flora, fused, 8-bit, stochastic rounding", fused, 1, torch::kBFloat16});
+  OptimizerSpec variant = flora;
+  variant.momentum_projection = MomentumProjection::orthonormal;
+  variant.momentum_rescale = true;
+  cases.push_back({"flora, orthonormal rescaled momentum", variant, 1, torch::kFloat});
+  OptimizerSpec subspace = flora;
+  subspace.momentum_projection = MomentumProjection::subspace;
+  subspace.quantization = "8bit";
+  cases.push_back({"flora, subspace momentum, 8-bit", subspace, 1, torch::kFloat});
   cases.push_back({"adam", OptimizerSpec(), 1, torch::kBFloat16});
   for (const auto& c : cases) {
     SCOPED_TRACE(c.what);
@@ -594,6 +652,13 @@ TEST(Gpt2Checkpoint, ACheckpointOfAnotherRunIsRefused) {
   auto rank16 = spec;
   rank16.rank = 16;
   expect_error([&] { train(model, corpus(), rank16, options, torch::kCPU); }, "rank=16");
+  // The momentum variants shape the run: a checkpoint of another is refused.
+  auto orthonormal = spec;
+  orthonormal.momentum_projection = MomentumProjection::orthonormal;
+  expect_error([&] { train(model, corpus(), orthonormal, options, torch::kCPU); }, ",orthonormal");
+  auto rescaled = spec;
+  rescaled.momentum_rescale = true;
+  expect_error([&] { train(model, corpus(), rescaled, options, torch::kCPU); }, ",rescale");
   auto bf16 = load_pretrained(testing::tiny_model_dir(), torch::kBFloat16);
   expect_error([&] { train(bf16, corpus(), spec, options, torch::kCPU); }, "dtype=Float, this run dtype=BFloat16");
   other = options;
