@@ -178,8 +178,8 @@ int64_t interesting_int(ByteReader& in, int64_t current) {
       return static_cast<int64_t>(static_cast<uint64_t>(current) + static_cast<uint64_t>(int64_t{in.u8()} - 128));
     case 2:
       return static_cast<int64_t>(in.u64());
-    default:
-      return -current;
+    default: // the negation, wrapping (-INT64_MIN is INT64_MIN, as the bits would; UBSan found the signed one)
+      return static_cast<int64_t>(uint64_t{0} - static_cast<uint64_t>(current));
   }
 }
 

@@ -9,8 +9,7 @@
 //
 // Why not mutate the bytes: what a loader sees after torch's zip reader and
 // unpickler are the archive's entries; the bytes in between are LibTorch's
-// format, which LibTorch parses (and which, fed garbage, crashes inside
-// LibTorch: see tests/fuzz/README.md). Every archive made here is one a user
+// format, which LibTorch parses (tests/fuzz/README.md). Every archive made here is one a user
 // could write with OutputArchive's public API, so every finding is ours.
 
 #include "byte_reader.h"

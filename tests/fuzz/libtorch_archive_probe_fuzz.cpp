@@ -3,8 +3,8 @@
 // the unpickler, the TorchScript type importer) survives arbitrary bytes. It
 // feeds the input straight to it, seeded with the checkpoint fixtures. Built
 // with the fuzz targets, run by hand (scripts/fuzz.sh probe), never in CI;
-// tests/fuzz/README.md records what it found and why flora's checkpoint
-// targets therefore edit archives instead of bytes.
+// tests/fuzz/README.md says why flora's checkpoint targets edit archives
+// instead of bytes (the bytes are LibTorch's format, parsed by LibTorch).
 
 #include "fuzz_target.h"
 
