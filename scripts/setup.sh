@@ -5,6 +5,9 @@
 #     ccache; for the GPT-2 example nlohmann-json, CLI11, PCRE2, and cairo
 #     with a font for its PNG plot) through apt-get, only those that are
 #     missing, and only when we are root or have passwordless sudo.
+#     FLORA_EXTRA_PACKAGES adds packages to that list (scripts/sanitize.sh
+#     and scripts/fuzz.sh ask for clang-14 and its sanitizer and libFuzzer
+#     runtimes, libclang-rt-14-dev, so).
 #  2. LibTorch: the PyPI wheel torch==2.11.0 (CUDA 13.0 build) installed once
 #     into a virtualenv in a cache outside the clone:
 #         ${FLORA_CACHE:-$HOME/.cache/flora}/torch-2.11.0
@@ -29,6 +32,8 @@ install_system_packages() {
   local want=(g++ cmake ninja-build ccache libgtest-dev libgmock-dev libbenchmark-dev
               nlohmann-json3-dev libcli11-dev libpcre2-dev libcairo2-dev fonts-dejavu-core
               python3-venv git)
+  # shellcheck disable=SC2206 # a space-separated list of package names
+  want+=(${FLORA_EXTRA_PACKAGES:-})
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

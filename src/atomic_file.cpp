@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <utility>
 
@@ -78,10 +79,27 @@ void AtomicFile::commit() {
 
 void save_atomic(torch::serialize::OutputArchive& archive, const std::string& path) {
   AtomicFile file(path);
+  // LibTorch's PyTorchStreamWriter writes the archive's last records (the
+  // zip's central directory) from its destructor, where an exception, ours
+  // or its own for a short write, ends the process (std::terminate): a full
+  // disk would kill the program instead of failing the save. So the writer
+  // never throws and never reports a short write: the first failure is kept,
+  // later bytes are dropped, and the failure is thrown once save_to has
+  // returned (the temporary file is then removed, the old file stays).
+  std::exception_ptr failure;
   archive.save_to([&](const void* data, size_t size) -> size_t {
-    file.write(data, size);
+    if (!failure) {
+      try {
+        file.write(data, size);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
     return size;
   });
+  if (failure) {
+    std::rethrow_exception(failure);
+  }
   file.commit();
 }
 

@@ -2,6 +2,7 @@
 
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/torch.h>
 
@@ -103,14 +104,20 @@ int64_t FusedBackward::updates() const {
 void FusedBackward::on_gradient(const torch::Tensor& param) {
   std::lock_guard<std::mutex> lock(mutex_);
   const bool sync = (micro_steps_ + 1) % options_.accumulation_steps() == 0;
-  if (!end_callback_queued_) {
-    // Runs once this backward pass has finished: it is one micro-batch.
-    end_callback_queued_ = true;
-    torch::autograd::Engine::get_default_engine().queue_callback([this, sync] {
+  const int64_t task = torch::autograd::get_current_graph_task_id();
+  if (queued_task_ < 0 || queued_task_ != task) {
+    // Runs once this backward pass has finished: it is one micro-batch. A
+    // pass that throws (an allocation, a check, in autograd or in a hook)
+    // never runs it, so the flag is the task's id, not a bool that would
+    // stay set and stop every later pass from counting.
+    queued_task_ = task;
+    torch::autograd::Engine::get_default_engine().queue_callback([this, sync, task] {
       std::lock_guard<std::mutex> end_lock(mutex_);
       ++micro_steps_;
       updates_ += sync ? 1 : 0;
-      end_callback_queued_ = false;
+      if (queued_task_ == task) {
+        queued_task_ = -1;
+      }
     });
   }
   torch::NoGradGuard no_grad;

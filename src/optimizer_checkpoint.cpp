@@ -64,7 +64,9 @@ std::string identify_foreign(torch::serialize::InputArchive& archive) {
     groups.read("param_groups/0", first);
     first.read("options", first_options);
     options = keys_of(first_options);
-  } catch (const c10::Error&) {
+  } catch (const std::exception&) {
+    // c10::Error, or torch::jit::ObjectAttributeError (a std::runtime_error)
+    // that InputArchive::read throws for a missing nested archive.
     return "an optimizer checkpoint of another library (no 'flora_format' entry)";
   }
   const auto has = [&](std::initializer_list<const char*> names) {
@@ -192,6 +194,12 @@ void Flora::load(torch::serialize::InputArchive& archive) {
     saved_groups = read_groups(groups_archive, format);
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "Flora::load: not a readable flora::Flora checkpoint: ", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    // LibTorch's archive reader throws some errors that are not c10::Error:
+    // InputArchive::read of a missing entry (e.g. a group without
+    // 'params/0') throws torch::jit::ObjectAttributeError, a
+    // std::runtime_error. Found by tests/fuzz (optimizer_checkpoint).
+    TORCH_CHECK(false, "Flora::load: not a readable flora::Flora checkpoint: ", e.what());
   }
 
   // 2. Validate against this optimizer's parameters.

@@ -249,3 +249,180 @@ TEST(Faults, ANonFiniteGradientFoundLateChangesNothing) {
 }
 
 } // namespace
+
+// ---- the update fused into backward, through its hooks --------------------
+
+namespace {
+
+// A loss whose backward gives every parameter of make_model a gradient,
+// seeded by `seed`, in an order set by autograd (not by the test).
+torch::Tensor loss_of(const Model& m, uint64_t seed) {
+  torch::Tensor loss = torch::zeros({});
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    const auto weight = flora::testing::randn_like_seeded(m.params[i], seed + i).to(torch::kFloat);
+    loss = loss + (m.params[i].to(torch::kFloat) * weight).sum();
+  }
+  return loss;
+}
+
+// Parameter i of `m` and its state equal those of snapshot s.
+bool same_parameter(const Model& m, size_t i, const Snapshot& s) {
+  const auto* st = flora::testing::state_of<FloraParamState>(*m.opt, m.params[i]);
+  return torch::equal(m.params[i], s.params[i]) && (st == nullptr) == !s.states[i].has_value() &&
+      (st == nullptr || *st == *s.states[i]);
+}
+
+void clear_grads(Model& m) {
+  for (auto& p : m.params) {
+    p.mutable_grad() = torch::Tensor();
+  }
+}
+
+} // namespace
+
+// A failure inside backward (any allocation: autograd's own, or one of an
+// update run by a FusedBackward hook) propagates out of backward(); every
+// parameter is then either updated exactly as the fault-free backward
+// updates it, or not at all (never half), and the next backward trains on.
+TEST(Faults, AnAllocationFailureInsideAFusedBackwardLeavesEachParameterWholeAndTrainingGoesOn) {
+  auto& allocator = FailingAllocator::install();
+  for (const auto mode : {ProjectionMode::philox, ProjectionMode::reference}) {
+    // The fault-free backward: the state after it, and its allocations.
+    Snapshot before, after;
+    int64_t allocations = 0;
+    {
+      auto m = make_model(mode);
+      clear_grads(m);
+      flora::FusedBackward fused(*m.opt);
+      before = snapshot(m);
+      auto loss = loss_of(m, 50);
+      allocator.arm(std::numeric_limits<int64_t>::max());
+      loss.backward();
+      allocations = allocator.seen();
+      allocator.disarm();
+      after = snapshot(m);
+    }
+    ASSERT_GT(allocations, 10);
+    // Philox: every allocation of the backward. Reference mode allocates
+    // about seven times as many (ATen's operators, one per step of
+    // flora-opt's sequence): every 7th, 60 or so spread over the whole
+    // backward, to keep the suite's time in CI's budget.
+    const int64_t stride = mode == ProjectionMode::philox ? 1 : 7;
+    int64_t failures = 0, tried = 0, updated_before_failure = 0;
+    for (int64_t k = 1; k <= allocations; k += stride) {
+      ++tried;
+      auto m = make_model(mode);
+      clear_grads(m);
+      flora::FusedBackward fused(*m.opt);
+      auto loss = loss_of(m, 50);
+      allocator.arm(k);
+      try {
+        loss.backward();
+        allocator.disarm();
+        ADD_FAILURE() << "allocation " << k << " of " << allocations << " did not fail the backward";
+        continue;
+      } catch (const c10::Error&) {
+        allocator.disarm();
+        ++failures;
+      }
+      for (size_t i = 0; i < m.params.size(); ++i) {
+        const bool untouched = same_parameter(m, i, before);
+        const bool whole = same_parameter(m, i, after);
+        EXPECT_TRUE(untouched || whole) << "allocation " << k << ": parameter " << i << " half-updated";
+        updated_before_failure += whole && !untouched ? 1 : 0;
+      }
+      // Training goes on: the next backward counts and updates.
+      const auto micro = fused.micro_steps();
+      const auto updates = fused.updates();
+      clear_grads(m);
+      loss_of(m, 60).backward();
+      EXPECT_EQ(fused.micro_steps(), micro + 1) << "allocation " << k;
+      EXPECT_EQ(fused.updates(), updates + 1) << "allocation " << k;
+    }
+    EXPECT_EQ(failures, tried);
+    std::cout << "[ faults   ] " << (mode == ProjectionMode::philox ? "philox" : "reference")
+              << ", fused backward (hooks): " << failures << " injected allocation failures (of " << allocations
+              << " allocations), "
+              << updated_before_failure << " parameter updates completed before them, none half-done" << std::endl;
+  }
+}
+
+// With accumulation, a backward pass that fails must not stall the count of
+// micro-batches: the passes after it still update every k-th time.
+TEST(Faults, AFailedBackwardDoesNotStallFusedAccumulation) {
+  auto& allocator = FailingAllocator::install();
+  const auto options = flora::FusedBackwardOptions().accumulation_steps(2).accumulation_rank(2);
+  // The allocations of an updating pass (on a twin), to fail the middle one.
+  int64_t allocations = 0;
+  {
+    auto twin = make_model(ProjectionMode::philox);
+    clear_grads(twin);
+    flora::FusedBackward fused(*twin.opt, options);
+    loss_of(twin, 70).backward();
+    auto loss = loss_of(twin, 71);
+    allocator.arm(std::numeric_limits<int64_t>::max());
+    loss.backward();
+    allocations = allocator.seen();
+    allocator.disarm();
+  }
+  ASSERT_GT(allocations, 10);
+  auto m = make_model(ProjectionMode::philox);
+  clear_grads(m);
+  flora::FusedBackward fused(*m.opt, options);
+  loss_of(m, 70).backward(); // micro-batch 1 of 2
+  EXPECT_EQ(fused.micro_steps(), 1);
+  EXPECT_EQ(fused.updates(), 0);
+  auto loss = loss_of(m, 71);
+  allocator.arm(allocations / 2);
+  EXPECT_THROW(loss.backward(), c10::Error);
+  allocator.disarm();
+  // The failed pass is not a micro-batch; the next two are, and the second updates.
+  for (int pass = 0; pass < 4; ++pass) {
+    const auto params = snapshot(m);
+    clear_grads(m);
+    loss_of(m, 80 + pass).backward();
+    EXPECT_EQ(fused.micro_steps(), 2 + pass) << pass;
+    EXPECT_EQ(fused.updates(), 1 + pass / 2) << pass;
+    std::string what;
+    EXPECT_EQ(unchanged(m, params, what), pass % 2 == 1) << "pass " << pass << " (micro-batch " << 2 + pass << ")";
+  }
+}
+
+// ---- a kernel's argument check failing in the middle of a step ------------
+
+// A parameter resized in place between steps (model surgery that keeps the
+// optimizer) no longer fits its state. Its gradient is fine (the same shape
+// as the parameter), so the step gets as far as the operators' argument
+// checks: the fused step gathers and checks every operator's arguments
+// before its first write, flora-opt's sequence (reference mode) fails in an
+// ATen operation after updating the parameters before it. Either way the
+// step throws and changes nothing.
+TEST(Faults, AnOperatorArgumentCheckFailingMidStepChangesNothing) {
+  struct Case {
+    size_t param;
+    std::vector<int64_t> shape;
+  };
+  // A compressed matrix one column wider, a full-momentum matrix one row
+  // shorter, the quantized 3-d tensor one element longer.
+  const std::vector<Case> cases = {{0, {8, 25}}, {2, {39, 6}}, {5, {3, 4, 6}}};
+  for (const auto mode : {ProjectionMode::philox, ProjectionMode::reference}) {
+    for (const auto& c : cases) {
+      auto m = make_model(mode);
+      {
+        torch::NoGradGuard no_grad;
+        auto& p = m.params[c.param];
+        p.set_(flora::testing::param(c.shape, 99, p.scalar_type()).detach());
+        p.mutable_grad() = flora::testing::randn_like_seeded(p, 98);
+      }
+      const auto before = snapshot(m);
+      try {
+        m.opt->step();
+        ADD_FAILURE() << "a step over a resized parameter " << c.param << " succeeded";
+      } catch (const c10::Error& e) {
+        std::string what;
+        EXPECT_TRUE(unchanged(m, before, what)) << "parameter " << c.param << ": " << what << "\n"
+                                                << e.what_without_backtrace();
+      }
+    }
+  }
+}

@@ -119,7 +119,11 @@ class FLORA_API FusedBackward {
   mutable std::mutex mutex_;
   int64_t micro_steps_ = 0;
   int64_t updates_ = 0;
-  bool end_callback_queued_ = false;
+  /// The autograd graph task (torch::autograd::get_current_graph_task_id)
+  /// whose end-of-backward callback is queued, -1 when none: a backward that
+  /// fails never runs its callbacks, and the next one (another task) must
+  /// queue its own.
+  int64_t queued_task_ = -1;
   bool installed_ = false;
 };
 

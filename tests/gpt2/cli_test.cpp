@@ -14,6 +14,9 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <iostream>
+#include <map>
+#include <sstream>
 #include <sys/wait.h>
 
 namespace flora::gpt2 {
@@ -218,6 +221,78 @@ TEST(Gpt2Cli, EveryFlagRefusesBadValues) {
     }
   }
   EXPECT_GE(cases.size(), 197u); // none dropped by accident
+}
+
+// The same sweep by kind, for every flag the program's --help lists (a flag
+// added later is swept without editing this test): each kind of value a
+// new user gets wrong (empty, not a number, out of range, a switch given a
+// value) and a flag given twice with different values must be refused with
+// a message naming the flag (and, for a bad value, quoting it).
+TEST(Gpt2Cli, EveryFlagInTheHelpRefusesEmptyNonNumericOutOfRangeAndRepeatedValues) {
+  const auto help = parse_command_line({"--help"}).help_text;
+  // Lines "  --name TYPE ..." (a valued flag) or "  --name ..." (a switch).
+  std::map<std::string, std::string> kinds; // flag -> type name ("" for a switch)
+  std::istringstream lines(help);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto start = line.find_first_not_of(' ');
+    if (start == std::string::npos || line.compare(start, 2, "--") != 0) {
+      continue;
+    }
+    std::istringstream words(line.substr(start));
+    std::string name, type;
+    words >> name >> type;
+    type = type.substr(0, type.find('=')); // "INT=0": the type, then the default
+    const bool valued = !type.empty() && type[0] >= 'A' && type[0] <= 'Z';
+    kinds[name] = valued ? type : "";
+  }
+  ASSERT_GE(kinds.size(), 50u) << help; // the help lists every flag
+  const std::map<std::string, std::vector<std::string>> bad_by_kind = {
+      {"INT", {"", "x", "1.5", "1e3", "0x10", "7x", "99999999999999999999", "-99999999999999999999"}},
+      {"X", {"", "x", "nan", "inf", "-inf", "1e999", "0.5x"}},
+      {"X|inf", {"", "x", "nan", "-inf", "0", "0.5"}},
+      {"NAME", {"", "x"}},
+      {"LIST", {"", "x"}},
+      {"PATH", {""}},
+  };
+  // A second value of each kind, valid on its own (for the repeated flag).
+  const std::map<std::string, std::pair<std::string, std::string>> good_by_kind = {
+      {"INT", {"1", "2"}}, {"X", {"0.5", "0.25"}}, {"X|inf", {"2", "inf"}}, {"PATH", {"a", "b"}}};
+  int tried = 0, switches = 0;
+  for (const auto& [flag, kind] : kinds) {
+    if (flag == "--help") {
+      continue;
+    }
+    if (kind.empty()) { // a switch: takes no value
+      const auto message = error_of({flag + "=x"});
+      EXPECT_NE(message.find(flag + " 'x'"), std::string::npos) << flag << "=x: " << message;
+      ++tried;
+      ++switches;
+      continue;
+    }
+    const auto values = bad_by_kind.find(kind);
+    ASSERT_NE(values, bad_by_kind.end()) << flag << " has a type this test does not know: " << kind;
+    for (const auto& v : values->second) {
+      if (v.empty() && flag == "--valid-file") {
+        continue; // documented: "" means --valid-fraction of the training text
+      }
+      const auto message = error_of({flag, v});
+      EXPECT_NE(message.find(flag + " '" + v + "'"), std::string::npos)
+          << flag << " '" << v << "' (" << kind << ")\n  message: " << message;
+      ++tried;
+    }
+    // Given twice (a list flag, --train-file, takes several values instead).
+    const auto good = good_by_kind.find(kind);
+    if (good != good_by_kind.end() && flag != "--train-file") {
+      const auto message = error_of({flag, good->second.first, flag, good->second.second});
+      EXPECT_NE(message.find(flag), std::string::npos) << flag << " given twice\n  message: " << message;
+      ++tried;
+    }
+  }
+  EXPECT_GE(switches, 6); // --fused-backward, --stochastic-rounding, --overlap, --activation-checkpointing, --resume, --check-logits
+  EXPECT_GE(tried, 250);
+  std::cout << "[ flags    ] " << kinds.size() - 1 << " flags from --help, " << tried
+            << " bad command lines, every one refused naming its flag" << std::endl;
 }
 
 // The sweep's cases are bad because of their bad value, not because

@@ -1,0 +1,84 @@
+#include "fixture_runs.h"
+
+#include <torch/serialize.h>
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+
+namespace flora::fuzz {
+namespace {
+
+c10::IValue get(const c10::IValue& dict, const std::string& key) {
+  const auto d = dict.toGenericDict();
+  const auto it = d.find(key);
+  return it == d.end() ? c10::IValue() : it->value();
+}
+
+std::vector<torch::Tensor> tensors(const c10::IValue& list) {
+  std::vector<torch::Tensor> out;
+  for (const c10::IValue v : list.toList()) {
+    out.push_back(v.isNone() ? torch::Tensor() : v.toTensor());
+  }
+  return out;
+}
+
+std::vector<std::string> names_in(const std::string& dir) {
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      names.emplace_back(e->d_name);
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+} // namespace
+
+std::vector<FixtureRun> fixture_runs(const std::string& kind) {
+  const std::string root = std::string(FLORA_FIXTURE_DIR) + "/checkpoints";
+  const std::string suffix = ".run.pt";
+  std::vector<FixtureRun> runs;
+  for (const auto& version : names_in(root)) {
+    if (version.size() < 2 || version[0] != 'v') {
+      continue;
+    }
+    for (const auto& file : names_in(root + "/" + version)) {
+      if (file.size() <= suffix.size() || file.compare(file.size() - suffix.size(), suffix.size(), suffix) != 0) {
+        continue;
+      }
+      const std::string base = root + "/" + version + "/" + file.substr(0, file.size() - suffix.size());
+      std::ifstream in(base + suffix, std::ios::binary);
+      const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      const auto run = torch::pickle_load(bytes);
+      if (get(run, "kind").toStringRef() != kind) {
+        continue;
+      }
+      FixtureRun r;
+      r.name = version + "/" + file.substr(0, file.size() - suffix.size());
+      r.checkpoint = base + ".pt";
+      r.params = tensors(get(run, "params"));
+      for (const c10::IValue step : get(run, "grads").toList()) {
+        r.grads.push_back(tensors(step));
+      }
+      if (kind == "optimizer") {
+        for (const c10::IValue g : get(run, "groups").toList()) {
+          r.groups.push_back(g.toIntVector());
+        }
+      } else {
+        r.rank = get(run, "rank").toInt();
+        r.seed = get(run, "seed").toInt();
+        r.projection = get(run, "projection").toInt();
+      }
+      runs.push_back(std::move(r));
+    }
+  }
+  TORCH_CHECK(!runs.empty(), "no ", kind, " fixtures under ", root);
+  return runs;
+}
+
+} // namespace flora::fuzz
