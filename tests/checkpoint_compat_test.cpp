@@ -5,6 +5,7 @@
 // saved, and the run must continue as it did when the fixture was written.
 
 #include "test_util.h"
+#include "fixture_values.h"
 
 #include <flora/flora.h>
 
@@ -32,19 +33,8 @@ c10::IValue read_pickle(const std::string& path) {
   return torch::pickle_load(bytes);
 }
 
-c10::IValue get(const c10::IValue& dict, const std::string& key) {
-  const auto d = dict.toGenericDict();
-  const auto it = d.find(key);
-  return it == d.end() ? c10::IValue() : it->value();
-}
-
-std::vector<torch::Tensor> tensors(const c10::IValue& list) {
-  std::vector<torch::Tensor> out;
-  for (const c10::IValue v : list.toList()) {
-    out.push_back(v.isNone() ? torch::Tensor() : v.toTensor());
-  }
-  return out;
-}
+using flora::testing::fixture_get;
+using flora::testing::fixture_tensors;
 
 // Every fixture: "v1/philox_two_groups" for v1/philox_two_groups.pt and .run.pt.
 std::vector<std::string> fixture_names() {
@@ -114,8 +104,8 @@ void expect_state(
   if (actual == nullptr) {
     return;
   }
-  EXPECT_EQ(actual->step(), get(expected, "step").toInt()) << where;
-  EXPECT_EQ(actual->seed(), get(expected, "seed").toInt()) << where;
+  EXPECT_EQ(actual->step(), fixture_get(expected, "step").toInt()) << where;
+  EXPECT_EQ(actual->seed(), fixture_get(expected, "seed").toInt()) << where;
   const std::pair<const char*, const torch::Tensor*> fields[] = {
       {"rms", &actual->rms()},
       {"exp_avg", &actual->exp_avg()},
@@ -125,7 +115,7 @@ void expect_state(
       {"exp_avg_absmax", &actual->exp_avg_absmax()},
       {"exp_avg_sq_absmax", &actual->exp_avg_sq_absmax()}};
   for (const auto& [name, tensor] : fields) {
-    const c10::IValue want = get(expected, name);
+    const c10::IValue want = fixture_get(expected, name);
     ASSERT_EQ(tensor->defined(), !want.isNone()) << where << ": " << name;
     if (!want.isNone()) {
       expect_close(*tensor, want.toTensor(), tol, where + ": " + name);
@@ -139,30 +129,30 @@ TEST_P(OldCheckpoint, LoadsAndContinuesAsItDidWhenWritten) {
   const std::string name = GetParam();
   const auto run = read_pickle(kRoot + "/" + name + ".run.pt");
   const std::string checkpoint = kRoot + "/" + name + ".pt";
-  const std::string kind = get(run, "kind").toStringRef();
+  const std::string kind = fixture_get(run, "kind").toStringRef();
 
   std::vector<torch::Tensor> params;
-  for (const auto& t : tensors(get(run, "params"))) {
+  for (const auto& t : fixture_tensors(fixture_get(run, "params"))) {
     params.push_back(t.clone().requires_grad_(t.requires_grad()));
   }
 
   if (kind == "accumulator") {
     flora::CompressedAccumulator acc(
-        params, flora::AccumulationOptions(get(run, "rank").toInt())
-                    .seed(get(run, "seed").toInt())
-                    .projection(static_cast<ProjectionMode>(get(run, "projection").toInt())));
+        params, flora::AccumulationOptions(fixture_get(run, "rank").toInt())
+                    .seed(fixture_get(run, "seed").toInt())
+                    .projection(static_cast<ProjectionMode>(fixture_get(run, "projection").toInt())));
     torch::serialize::InputArchive archive;
     archive.load_from(checkpoint);
     acc.load(archive);
-    for (const c10::IValue step : get(run, "grads").toList()) {
-      const auto grads = tensors(step);
+    for (const c10::IValue step : fixture_get(run, "grads").toList()) {
+      const auto grads = fixture_tensors(step);
       for (size_t i = 0; i < params.size(); ++i) {
         params[i].mutable_grad() = grads[i].defined() ? grads[i].clone() : torch::Tensor();
       }
       acc.accumulate();
     }
     acc.restore();
-    const auto expected = tensors(get(run, "restored_grads"));
+    const auto expected = fixture_tensors(fixture_get(run, "restored_grads"));
     for (size_t i = 0; i < params.size(); ++i) {
       ASSERT_EQ(params[i].grad().defined(), expected[i].defined()) << name << " param " << i;
       if (expected[i].defined()) {
@@ -174,7 +164,7 @@ TEST_P(OldCheckpoint, LoadsAndContinuesAsItDidWhenWritten) {
 
   ASSERT_EQ(kind, "optimizer");
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  for (const c10::IValue members : get(run, "groups").toList()) {
+  for (const c10::IValue members : fixture_get(run, "groups").toList()) {
     std::vector<torch::Tensor> group;
     for (const auto i : members.toIntVector()) {
       group.push_back(params.at(i));
@@ -185,19 +175,19 @@ TEST_P(OldCheckpoint, LoadsAndContinuesAsItDidWhenWritten) {
   Flora opt(groups, FloraOptions(1.0));
   torch::load(opt, checkpoint);
 
-  const auto saved = get(run, "saved_states").toList();
+  const auto saved = fixture_get(run, "saved_states").toList();
   for (size_t i = 0; i < params.size(); ++i) {
     expect_state(flora::testing::state_of<FloraParamState>(opt, params[i]), saved.get(i), name + " (as loaded) param " + std::to_string(i));
   }
-  for (const c10::IValue step : get(run, "grads").toList()) {
-    const auto grads = tensors(step);
+  for (const c10::IValue step : fixture_get(run, "grads").toList()) {
+    const auto grads = fixture_tensors(step);
     for (size_t i = 0; i < params.size(); ++i) {
       params[i].mutable_grad() = grads[i].defined() ? grads[i].clone() : torch::Tensor();
     }
     opt.step();
   }
-  const auto final_params = tensors(get(run, "final_params"));
-  const auto final_states = get(run, "final_states").toList();
+  const auto final_params = fixture_tensors(fixture_get(run, "final_params"));
+  const auto final_states = fixture_get(run, "final_states").toList();
   Tolerance tol;
   tol.exact = static_cast<const FloraOptions&>(opt.param_groups()[0].options()).projection() == ProjectionMode::reference;
   for (size_t i = 0; i < params.size(); ++i) {

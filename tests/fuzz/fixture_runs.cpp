@@ -1,4 +1,5 @@
 #include "fixture_runs.h"
+#include "fixture_values.h"
 
 #include <torch/serialize.h>
 
@@ -11,19 +12,8 @@
 namespace flora::fuzz {
 namespace {
 
-c10::IValue get(const c10::IValue& dict, const std::string& key) {
-  const auto d = dict.toGenericDict();
-  const auto it = d.find(key);
-  return it == d.end() ? c10::IValue() : it->value();
-}
-
-std::vector<torch::Tensor> tensors(const c10::IValue& list) {
-  std::vector<torch::Tensor> out;
-  for (const c10::IValue v : list.toList()) {
-    out.push_back(v.isNone() ? torch::Tensor() : v.toTensor());
-  }
-  return out;
-}
+using flora::testing::fixture_get;
+using flora::testing::fixture_tensors;
 
 std::vector<std::string> names_in(const std::string& dir) {
   std::vector<std::string> names;
@@ -55,24 +45,24 @@ std::vector<FixtureRun> fixture_runs(const std::string& kind) {
       std::ifstream in(base + suffix, std::ios::binary);
       const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
       const auto run = torch::pickle_load(bytes);
-      if (get(run, "kind").toStringRef() != kind) {
+      if (fixture_get(run, "kind").toStringRef() != kind) {
         continue;
       }
       FixtureRun r;
       r.name = version + "/" + file.substr(0, file.size() - suffix.size());
       r.checkpoint = base + ".pt";
-      r.params = tensors(get(run, "params"));
-      for (const c10::IValue step : get(run, "grads").toList()) {
-        r.grads.push_back(tensors(step));
+      r.params = fixture_tensors(fixture_get(run, "params"));
+      for (const c10::IValue step : fixture_get(run, "grads").toList()) {
+        r.grads.push_back(fixture_tensors(step));
       }
       if (kind == "optimizer") {
-        for (const c10::IValue g : get(run, "groups").toList()) {
+        for (const c10::IValue g : fixture_get(run, "groups").toList()) {
           r.groups.push_back(g.toIntVector());
         }
       } else {
-        r.rank = get(run, "rank").toInt();
-        r.seed = get(run, "seed").toInt();
-        r.projection = get(run, "projection").toInt();
+        r.rank = fixture_get(run, "rank").toInt();
+        r.seed = fixture_get(run, "seed").toInt();
+        r.projection = fixture_get(run, "projection").toInt();
       }
       runs.push_back(std::move(r));
     }
