@@ -11,11 +11,13 @@
 //      projection, check_finite and quantization_block_size.
 //   2  options: capturable, max_aspect_ratio, stochastic_rounding.
 //   3  options: momentum_projection, momentum_rescale.
+//   4  options: quantization_min_size (formats 1-3 quantized every
+//      parameter: they read as 0).
 
 #include <cstdint>
 
 namespace flora::detail {
 
-constexpr int64_t kCheckpointFormat = 3;
+constexpr int64_t kCheckpointFormat = 4;
 
 } // namespace flora::detail

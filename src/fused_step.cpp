@@ -89,6 +89,7 @@ struct Member {
 struct Group {
   Kind kind;
   const FloraOptions* options;
+  bool quantized = false; // 8-bit moments (ParamLayout::quantized)
   bool capturable = false; // scalars from device counters, resampling decided on the device
   std::vector<Member*> members;
   torch::Tensor flags; // this group's slice of its device's flags
@@ -113,7 +114,7 @@ StepHyper hyper_of(const FloraOptions& o, bool momentum) {
 
 // The groups of the step, in the order of their first parameter.
 std::vector<Group> group_members(std::vector<Member>& members) {
-  using Key = std::tuple<const FloraOptions*, std::string, int, int, std::vector<int64_t>, bool>;
+  using Key = std::tuple<const FloraOptions*, std::string, int, int, bool, std::vector<int64_t>, bool>;
   std::map<Key, size_t> index;
   std::vector<Group> groups;
   for (auto& m : members) {
@@ -128,11 +129,12 @@ std::vector<Group> group_members(std::vector<Member>& members) {
         m.param.device().str(),
         static_cast<int>(m.param.scalar_type()),
         static_cast<int>(kind),
+        layout.quantized,
         kind == Kind::compressed ? m.param.sizes().vec() : std::vector<int64_t>{},
         kind == Kind::compressed && m.resample && !options.capturable()};
     auto [it, inserted] = index.emplace(key, groups.size());
     if (inserted) {
-      groups.push_back(Group{kind, &options, options.capturable(), {}, {}, 0, {}});
+      groups.push_back(Group{kind, &options, layout.quantized, options.capturable(), {}, {}, 0, {}});
     }
     groups[it->second].members.push_back(&m);
   }
@@ -146,7 +148,7 @@ std::vector<Group> group_members(std::vector<Member>& members) {
     const int64_t bytes = g.members.front()->param.numel() * 4;
     const auto per_chunk = static_cast<size_t>(std::max<int64_t>(1, kStepBufferBytes / std::max<int64_t>(bytes, 1)));
     for (size_t i = 0; i < g.members.size(); i += per_chunk) {
-      Group chunk{g.kind, g.options, g.capturable, {}, {}, 0, {}};
+      Group chunk{g.kind, g.options, g.quantized, g.capturable, {}, {}, 0, {}};
       chunk.members.assign(g.members.begin() + i, g.members.begin() + std::min(g.members.size(), i + per_chunk));
       out.push_back(std::move(chunk));
     }
@@ -202,7 +204,7 @@ std::optional<torch::Tensor> lr_tensor_of(const Group& g) {
 }
 
 std::optional<torch::Tensor> code_map_for(const Group& g) {
-  if (!g.options->quantization()) {
+  if (!g.quantized) {
     return std::nullopt;
   }
   return dynamic_code_map(); // read on the host on every device (kernels/checks.h)

@@ -1,6 +1,7 @@
 #include <flora/layout.h>
 
 #include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
 
 #include <algorithm>
 
@@ -27,6 +28,7 @@ ParamLayout ParamLayout::of(torch::IntArrayRef shape, const FloraOptions& option
   layout.momentum = options.beta1().has_value() && *options.beta1() > 0;
   layout.compressed = layout.momentum && layout.factored && options.rank().has_value() && *options.rank() > 0 &&
       compresses_momentum(shape[0], shape[1], *options.rank(), options.max_aspect_ratio());
+  layout.quantized = options.quantization() && c10::multiply_integers(shape) >= options.quantization_min_size();
   return layout;
 }
 

@@ -67,6 +67,9 @@ void read_options(torch::serialize::InputArchive& archive, int64_t format, Flora
         }
       },
       o);
+  if (format < 4) {
+    o.quantization_min_size(0); // what those versions did, whatever today's default
+  }
   out = o;
 }
 
@@ -128,6 +131,10 @@ void validate(const FloraOptions& o, const char* where) {
   TORCH_CHECK(
       o.quantization_block_size() > 0,
       where, ": quantization_block_size must be positive, got ", o.quantization_block_size());
+  TORCH_CHECK(
+      o.quantization_min_size() >= 0,
+      where, ": quantization_min_size must be non-negative (0: quantize every parameter), got ",
+      o.quantization_min_size());
   TORCH_CHECK(
       !o.capturable() || o.projection() == ProjectionMode::philox, where,
       ": capturable(true) needs the philox projection (the reference generator runs on the host)");

@@ -22,9 +22,9 @@ namespace {
 
 // A moment: float32 zeros, or 8-bit codes (0) and one float32 absmax (0) per block.
 void zero_moment(
-    torch::Tensor& value, torch::Tensor& absmax, torch::IntArrayRef shape, const FloraOptions& options,
-    const torch::TensorOptions& fp32) {
-  if (!options.quantization()) {
+    torch::Tensor& value, torch::Tensor& absmax, torch::IntArrayRef shape, const ParamLayout& layout,
+    const FloraOptions& options, const torch::TensorOptions& fp32) {
+  if (!layout.quantized) {
     value = torch::zeros(shape, fp32);
     return;
   }
@@ -42,13 +42,14 @@ FloraParamState initial_state(
   FloraParamState state;
   state.rms(torch::zeros({}, fp32));
   if (layout.momentum) {
-    zero_moment(state.exp_avg(), state.exp_avg_absmax(), layout.momentum_shape(shape, options), options, fp32);
+    zero_moment(
+        state.exp_avg(), state.exp_avg_absmax(), layout.momentum_shape(shape, options), layout, options, fp32);
   }
   if (layout.factored) {
     state.exp_avg_sq_row(torch::zeros({shape[0]}, fp32));
     state.exp_avg_sq_col(torch::zeros({shape[1]}, fp32));
   } else {
-    zero_moment(state.exp_avg_sq(), state.exp_avg_sq_absmax(), shape, options, fp32);
+    zero_moment(state.exp_avg_sq(), state.exp_avg_sq_absmax(), shape, layout, options, fp32);
   }
   return state;
 }

@@ -20,11 +20,12 @@ namespace flora::detail {
 namespace {
 
 // A moment to work on in float32 during a step: the state tensor itself, or
-// its dequantized copy, written back (requantized) by store().
+// its dequantized copy, written back (requantized) by store(). 8-bit states
+// hold codes (ParamLayout::quantized, which every load checks).
 class WorkingMoment {
  public:
   WorkingMoment(torch::Tensor& value, torch::Tensor& absmax, const FloraOptions& options)
-      : value_(value), absmax_(absmax), block_(options.quantization_block_size()), quantized_(options.quantization()) {
+      : value_(value), absmax_(absmax), block_(options.quantization_block_size()), quantized_(value.scalar_type() == torch::kByte) {
     work_ = quantized_ ? dequantize_blockwise(QuantizedTensor{value_, absmax_}, block_) : value_;
   }
   torch::Tensor& get() {

@@ -48,8 +48,8 @@ namespace {
 
 // Bytes of one moment of `numel` elements: float32, or 8-bit codes plus one
 // float32 absmax per block.
-int64_t moment_bytes(int64_t numel, const FloraOptions& options) {
-  if (!options.quantization()) {
+int64_t moment_bytes(int64_t numel, const ParamLayout& layout, const FloraOptions& options) {
+  if (!layout.quantized) {
     return 4 * numel;
   }
   return numel + 4 * quantization_blocks(numel, options.quantization_block_size());
@@ -67,9 +67,9 @@ int64_t estimate_state_bytes(const std::vector<std::vector<int64_t>>& shapes, co
     const auto layout = ParamLayout::of(shape, options);
     total += 4; // rms
     if (layout.momentum) {
-      total += moment_bytes(c10::multiply_integers(layout.momentum_shape(shape, options)), options);
+      total += moment_bytes(c10::multiply_integers(layout.momentum_shape(shape, options)), layout, options);
     }
-    total += layout.factored ? 4 * (shape[0] + shape[1]) : moment_bytes(numel, options);
+    total += layout.factored ? 4 * (shape[0] + shape[1]) : moment_bytes(numel, layout, options);
   }
   return total;
 }

@@ -49,7 +49,7 @@ Run make_run(int steps) {
   groups.emplace_back(std::vector<torch::Tensor>{r.params[0], r.params[1], r.params[2], r.params[3]});
   groups.emplace_back(
       std::vector<torch::Tensor>{r.params[4]},
-      std::make_unique<FloraOptions>(FloraOptions(1e-2).beta1(0.9).rank(8).quantization(true)));
+      std::make_unique<FloraOptions>(FloraOptions(1e-2).beta1(0.9).rank(8).quantization(true).quantization_min_size(0)));
   r.opt = std::make_unique<Flora>(groups, FloraOptions(1e-2).beta1(0.9).rank(8).kappa(3));
   for (int s = 1; s <= steps; ++s) {
     for (size_t i = 0; i < r.params.size(); ++i) {

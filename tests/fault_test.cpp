@@ -90,7 +90,7 @@ Model make_model(ProjectionMode mode, bool variants = false) {
       flora::testing::param({17}, 4), flora::testing::param({10, 12}, 5, torch::kBFloat16),
       flora::testing::param({3, 4, 5}, 6), flora::testing::param({6, 6}, 7)};
   auto base = FloraOptions(1e-2).beta1(0.9).rank(4).kappa(3).projection(mode);
-  auto second = FloraOptions(base).quantization(true).quantization_block_size(32).stochastic_rounding(
+  auto second = FloraOptions(base).quantization(true).quantization_min_size(0).quantization_block_size(32).stochastic_rounding(
       mode == ProjectionMode::philox);
   if (variants) {
     base.momentum_projection(flora::MomentumProjection::orthonormal).momentum_rescale(true);

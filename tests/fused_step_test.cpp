@@ -173,7 +173,7 @@ TEST(FusedStep, ResultsDoNotDependOnTheThreadCount) {
     at::set_num_threads(threads);
     std::vector<torch::Tensor> params = {
         flora::testing::param({300, 200}, 1), flora::testing::param({5000}, 2), flora::testing::param({64, 700}, 3)};
-    Flora opt(params, FloraOptions(1e-2).beta1(0.9).quantization(true).quantization_block_size(256));
+    Flora opt(params, FloraOptions(1e-2).beta1(0.9).quantization(true).quantization_min_size(0).quantization_block_size(256));
     for (int s = 1; s <= 3; ++s) {
       for (size_t i = 0; i < params.size(); ++i) {
         params[i].mutable_grad() = flora::testing::randn_like_seeded(params[i], 10 * s + i);
@@ -302,7 +302,7 @@ TEST(CapturableStep, EqualsTheEagerStepBitForBit) {
                              .kappa(4)
                              .weight_decay(0.01)
                              .check_finite(false)
-                             .quantization(quantized)
+                             .quantization(quantized).quantization_min_size(0)
                              .quantization_block_size(64);
     Flora eager(eager_params, options);
     Flora capturable(captured_params, FloraOptions(options).capturable(true));

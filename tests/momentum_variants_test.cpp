@@ -202,7 +202,7 @@ TEST(Variant, EightBitStatesTrackFloat32) {
     auto p32 = initial.detach().clone().requires_grad_(true);
     auto p8 = initial.detach().clone().requires_grad_(true);
     Flora opt32({p32}, options);
-    Flora opt8({p8}, FloraOptions(options).quantization(true).quantization_block_size(64));
+    Flora opt8({p8}, FloraOptions(options).quantization(true).quantization_min_size(0).quantization_block_size(64));
     for (int t = 1; t <= 20; ++t) {
       p32.mutable_grad() = gradient(p32, t);
       p8.mutable_grad() = gradient(p8, t);
@@ -228,7 +228,7 @@ TEST(Variant, CheckpointsResumeBitForBit) {
     groups.emplace_back(
         std::vector<torch::Tensor>{params[2]},
         std::make_unique<FloraOptions>(FloraOptions(1e-2).beta1(0.8).rank(3).kappa(2).momentum_projection(
-            MomentumProjection::orthonormal).momentum_rescale(true).quantization(true).quantization_block_size(16)));
+            MomentumProjection::orthonormal).momentum_rescale(true).quantization(true).quantization_min_size(0).quantization_block_size(16)));
     return std::make_unique<Flora>(
         groups, FloraOptions(1e-2).beta1(kBeta1).rank(4).kappa(3).momentum_projection(MomentumProjection::subspace));
   };

@@ -27,6 +27,7 @@ TEST(FloraOptions, DefaultsAreFloraOpts) {
   EXPECT_EQ(o.seed(), 0);
   EXPECT_FALSE(o.quantization());
   EXPECT_EQ(o.quantization_block_size(), 4096);
+  EXPECT_EQ(o.quantization_min_size(), 4096);
   EXPECT_EQ(o.projection(), flora::ProjectionMode::philox);
   EXPECT_TRUE(o.check_finite());
 }
@@ -70,6 +71,7 @@ TEST(FloraOptions, SerializeRoundTrip) {
                    .seed(-5)
                    .quantization(true)
                    .quantization_block_size(256)
+                   .quantization_min_size(100)
                    .projection(flora::ProjectionMode::reference)
                    .check_finite(false);
   EXPECT_TRUE(round_trip(saved) == saved);
@@ -124,6 +126,7 @@ TEST(FloraOptions, BadInputIsRejectedWithTheArgumentNamed) {
   expect_error([&] { make(FloraOptions(1e-3).beta1(1.0)); }, "beta1 must be in [0, 1) when given, got 1");
   expect_error([&] { make(FloraOptions(1e-3).decay_rate(0.5)); }, "decay_rate must be <= 0");
   expect_error([&] { make(FloraOptions(1e-3).quantization(true).quantization_block_size(0)); }, "quantization_block_size must be positive, got 0");
+  expect_error([&] { make(FloraOptions(1e-3).quantization(true).quantization_min_size(-1)); }, "quantization_min_size must be non-negative (0: quantize every parameter), got -1");
 }
 
 TEST(FloraOptions, BadGroupOptionsNameTheGroup) {

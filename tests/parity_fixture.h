@@ -69,7 +69,7 @@ inline void apply_fixture_options(FloraOptions& o, const c10::IValue& kwargs) {
     } else if (key == "seed") {
       o.seed(v.toInt());
     } else if (key == "quantization") {
-      o.quantization(v.toBool());
+      o.quantization(v.toBool()).quantization_min_size(0); // flora-opt quantizes every parameter
     } else {
       ADD_FAILURE() << "unknown option in fixture: " << key;
     }

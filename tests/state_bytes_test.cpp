@@ -38,8 +38,8 @@ TEST(StateBytes, EstimateFromShapesEqualsTheAllocatedState) {
   const std::vector<std::vector<int64_t>> shapes = {{64, 256}, {512, 64}, {256}, {}, {3, 4, 5}, {8, 8}, {5000}};
   for (const auto& options :
        {flora::FloraOptions(1e-3), flora::FloraOptions(1e-3).beta1(0.9), flora::FloraOptions(1e-3).beta1(0.9).rank(8),
-        flora::FloraOptions(1e-3).beta1(0.9).rank(8).quantization(true),
-        flora::FloraOptions(1e-3).beta1(0.9).factorize_second_moment(false).quantization(true).quantization_block_size(100)}) {
+        flora::FloraOptions(1e-3).beta1(0.9).rank(8).quantization(true).quantization_min_size(0),
+        flora::FloraOptions(1e-3).beta1(0.9).factorize_second_moment(false).quantization(true).quantization_min_size(0).quantization_block_size(100)}) {
     std::vector<torch::Tensor> params;
     for (const auto& s : shapes) {
       params.push_back(torch::randn(s, torch::requires_grad()));

@@ -9,6 +9,14 @@
 //
 //   flora_soak_bench [--steps N] [--gpt2-steps N] [--models mlp,gpt2]
 //                    [--batch B] [--block T] [--markdown FILE]
+//                    [--runs SUBSTRING] [--trace FILE]
+//
+// --runs: only the runs whose label contains SUBSTRING (Adam and the
+// uncompressed run always, as the others are measured against them).
+// --trace: every 100 steps of every run, a CSV line per parameter with the
+// largest magnitudes of the parameter and of each state (dequantized when
+// 8-bit) and the smallest of the second-moment factors: where a run that
+// goes wrong starts to.
 //
 // Exits 1 if any run saw a NaN or Inf.
 
@@ -35,6 +43,8 @@ struct Settings {
   bool mlp = true, gpt2 = true;
   int64_t batch = 8, block = 64;
   std::string markdown;
+  std::string runs;
+  std::string trace;
 };
 
 Settings parse(int argc, char** argv) {
@@ -61,6 +71,10 @@ Settings parse(int argc, char** argv) {
       s.block = std::stoll(value());
     } else if (arg == "--markdown") {
       s.markdown = value();
+    } else if (arg == "--runs") {
+      s.runs = value();
+    } else if (arg == "--trace") {
+      s.trace = value();
     } else {
       throw std::runtime_error("unknown argument " + arg);
     }
@@ -73,8 +87,9 @@ Settings parse(int argc, char** argv) {
 
 // Adam, the uncompressed Flora the drift is measured against, and Flora at
 // rank r in every state format and projection mode (stochastic rounding
-// needs the philox projection).
-std::vector<RunConfig> runs_for(double adam_lr, double flora_lr, int64_t rank) {
+// needs the philox projection). 8-bit runs at each of `min_sizes`
+// (quantization_min_size; 0 quantizes every parameter, flora-opt's rule).
+std::vector<RunConfig> runs_for(double adam_lr, double flora_lr, int64_t rank, const std::vector<int64_t>& min_sizes) {
   std::vector<RunConfig> runs;
   RunConfig adam;
   adam.label = "adam";
@@ -105,8 +120,14 @@ std::vector<RunConfig> runs_for(double adam_lr, double flora_lr, int64_t rank) {
     }
     c.dtype = torch::kFloat;
     c.quantization = true;
-    c.label = "flora r=" + std::to_string(rank) + " 8-bit " + m;
-    runs.push_back(c);
+    for (const int64_t min_size : min_sizes) {
+      c.quantization_min_size = min_size;
+      c.label = "flora r=" + std::to_string(rank) + " 8-bit " +
+          (min_size == 0 ? std::string("every parameter ")
+                         : "(parameters of " + std::to_string(min_size) + "+ elements) ") +
+          m;
+      runs.push_back(c);
+    }
   }
   return runs;
 }
@@ -166,13 +187,24 @@ int main(int argc, char** argv) {
     int64_t steps;
     double adam_lr, flora_lr;
     int64_t rank;
+    std::vector<int64_t> min_sizes;
     std::function<std::unique_ptr<flora::soak::Workload>(torch::Dtype)> make;
   };
   const std::vector<Model> models = {
-      {"MLP", s.mlp, s.steps, 3e-3, 3e-2, 8, [](torch::Dtype d) { return flora::soak::make_mlp(d); }},
-      {"GPT-2 tiny", s.gpt2, s.gpt2_steps, 3e-3, 3e-2, 16,
+      // The MLP's matrices are all under 4096 elements: 8-bit only at min size 0.
+      {"MLP", s.mlp, s.steps, 3e-3, 3e-2, 8, {0}, [](torch::Dtype d) { return flora::soak::make_mlp(d); }},
+      {"GPT-2 tiny", s.gpt2, s.gpt2_steps, 3e-3, 3e-2, 16, {4096, 0},
        [&](torch::Dtype d) { return flora::soak::make_gpt2(d, s.batch, s.block); }},
   };
+  std::unique_ptr<std::ofstream> trace;
+  if (!s.trace.empty()) {
+    trace = std::make_unique<std::ofstream>(s.trace);
+    if (!*trace) {
+      std::cerr << "flora_soak_bench: cannot write --trace " << s.trace << "\n";
+      return 2;
+    }
+    *trace << flora::soak::kTraceHeader << "\n";
+  }
   std::cout << header << std::endl;
   for (const auto& m : models) {
     if (!m.on) {
@@ -180,7 +212,12 @@ int main(int argc, char** argv) {
     }
     double adam_eval = 1;
     flora::soak::MomentumTrace uncompressed;
-    for (const auto& config : runs_for(m.adam_lr, m.flora_lr, m.rank)) {
+    for (auto config : runs_for(m.adam_lr, m.flora_lr, m.rank, m.min_sizes)) {
+      if (config.rank && config.label.find(s.runs) == std::string::npos) {
+        continue;
+      }
+      config.trace = trace.get();
+      config.model = m.name;
       const auto r = flora::soak::run(config, m.make, m.steps, uncompressed.norms.empty() ? nullptr : &uncompressed);
       if (config.adam) {
         adam_eval = r.eval_loss;

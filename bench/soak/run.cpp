@@ -15,7 +15,8 @@ namespace {
 constexpr int64_t kSampleEvery = 100; // momentum norms, finiteness, the 8-bit probe
 
 FloraOptions flora_options(const RunConfig& c) {
-  auto o = FloraOptions(c.lr).beta1(0.9).kappa(c.kappa).quantization(c.quantization).projection(c.projection)
+  auto o = FloraOptions(c.lr).beta1(0.9).kappa(c.kappa).quantization(c.quantization)
+               .quantization_min_size(c.quantization_min_size).projection(c.projection)
                .stochastic_rounding(c.stochastic_rounding);
   if (c.rank) {
     o.rank(*c.rank);
@@ -35,6 +36,35 @@ torch::Tensor dequantized(const torch::Tensor& codes, const torch::Tensor& absma
 // The float32 value of a moment (dequantized when 8-bit).
 torch::Tensor moment(const torch::Tensor& value, const torch::Tensor& absmax, int64_t block) {
   return value.scalar_type() == torch::kByte ? dequantized(value, absmax, block) : value;
+}
+
+double abs_max_of(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.abs().max().item<double>() : std::nan("");
+}
+
+// One --trace line per parameter (soak.h: kTraceHeader).
+void write_trace(std::ostream& out, const RunConfig& c, int64_t step, double loss, double lr,
+                 const std::vector<torch::Tensor>& params, const Flora* flora) {
+  torch::NoGradGuard no_grad;
+  const int64_t block = flora_options(c).quantization_block_size();
+  for (size_t i = 0; i < params.size(); ++i) {
+    out << '"' << c.model << "\",\"" << c.label << "\"," << step << ',' << loss << ',' << lr << ',' << i << ",\""
+        << params[i].sizes() << "\"," << abs_max_of(params[i]);
+    const FloraParamState* st = flora == nullptr ? nullptr : state_of(*flora, params[i]);
+    if (st == nullptr) {
+      out << ",,,,,,\n";
+      continue;
+    }
+    const auto& row = st->exp_avg_sq_row();
+    const auto& col = st->exp_avg_sq_col();
+    out << ',' << abs_max_of(st->exp_avg().defined() ? moment(st->exp_avg(), st->exp_avg_absmax(), block) : st->exp_avg())
+        << ','
+        << abs_max_of(st->exp_avg_sq().defined() ? moment(st->exp_avg_sq(), st->exp_avg_sq_absmax(), block)
+                                                 : st->exp_avg_sq())
+        << ',' << (row.defined() ? row.min().item<double>() : std::nan("")) << ',' << abs_max_of(row) << ','
+        << (col.defined() ? col.min().item<double>() : std::nan("")) << ',' << abs_max_of(col) << '\n';
+  }
+  out.flush();
 }
 
 bool all_finite(const torch::Tensor& t) {
@@ -154,6 +184,7 @@ RunResult run(
   }
 
   std::vector<double> recent;
+  double last_loss = 0;
   std::vector<double> ratios;
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t s = 0; s < steps; ++s) {
@@ -170,6 +201,7 @@ RunResult run(
     if (s >= steps - 100) {
       recent.push_back(value);
     }
+    last_loss = value;
     loss.backward();
     const bool sample = (s + 1) % kSampleEvery == 0;
     if (probe && sample) {
@@ -185,6 +217,9 @@ RunResult run(
     }
     if (probe) {
       probe->after(*flora, params, r.dequant_error_max, r.dequant_error_rel_max);
+    }
+    if (config.trace != nullptr) {
+      write_trace(*config.trace, config, s + 1, last_loss, lr, params, flora);
     }
     torch::NoGradGuard no_grad;
     for (const auto& p : params) {

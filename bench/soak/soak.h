@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <ostream>
 #include <map>
 #include <memory>
 #include <string>
@@ -43,6 +44,7 @@ struct RunConfig {
   bool adam = false;
   torch::Dtype dtype = torch::kFloat;
   bool quantization = false;
+  int64_t quantization_min_size = 4096; // FloraOptions' default; 0: every parameter 8-bit, as flora-opt
   bool stochastic_rounding = false;
   ProjectionMode projection = ProjectionMode::philox;
   std::optional<int64_t> rank; // unset: uncompressed momentum
@@ -51,7 +53,14 @@ struct RunConfig {
   int64_t sample_rank = 0;
   double lr = 0;
   int64_t kappa = 100;
+  std::string model;            // for the trace
+  std::ostream* trace = nullptr; // --trace: per-parameter statistics every 100 steps
 };
+
+/// The columns of --trace.
+inline constexpr const char* kTraceHeader =
+    "model,run,step,loss,lr,param,shape,param_absmax,exp_avg_absmax,exp_avg_sq_absmax,row_min,row_max,col_min,"
+    "col_max";
 
 /// Momentum norms of the compressed matrices, sampled every `every` steps:
 /// norms[sample][i] for the i-th compressed parameter.

@@ -38,6 +38,9 @@ struct FLORA_API ParamLayout {
   /// momentum, rank set, factored, and compresses_momentum(shape, rank,
   /// max_aspect_ratio).
   bool compressed = false;
+  /// quantization, and the parameter has at least quantization_min_size
+  /// elements: exp_avg and exp_avg_sq are 8-bit.
+  bool quantized = false;
 
   static ParamLayout of(torch::IntArrayRef shape, const FloraOptions& options);
 

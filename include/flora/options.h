@@ -109,6 +109,16 @@ struct FLORA_API FloraOptions
   /// Elements per quantization block (one float32 absmax each); flora-opt
   /// uses bitsandbytes' 4096. Not in flora-opt.
   TORCH_ARG(int64_t, quantization_block_size) = 4096;
+  /// With quantization, parameters of fewer elements keep float32 moments
+  /// (bitsandbytes' min_8bit_size, the same default). Small parameters
+  /// (biases, norms) cost little memory, and 8-bit loses them what they
+  /// cannot spare: a second moment far below its block's absmax rounds to
+  /// 0, and the next update of that element is g / sqrt((1 - beta2_t) g^2),
+  /// up to 1 / sqrt(1 - beta2_t) times too large; on an attention key bias
+  /// (a gradient of rounding noise) that grows the bias without bound and
+  /// the whole tensor's relative step with it (README: Reliability).
+  /// 0 quantizes every parameter, as flora-opt does. Not in flora-opt.
+  TORCH_ARG(int64_t, quantization_min_size) = 4096;
   /// Source of the projection matrices (not in flora-opt, which has only the
   /// reference behaviour).
   TORCH_ARG(ProjectionMode, projection) = ProjectionMode::philox;

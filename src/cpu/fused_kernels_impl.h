@@ -152,13 +152,56 @@ double ordered_sum(const std::vector<double>& parts) {
 
 // ---------------------------------------------------------------- quantization
 
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+constexpr bool kVectorCodes = true;
+using IVec = at::vec::Vectorized<int32_t>;
+static_assert(IVec::size() == kWidth);
+
+// CodeLookup::nearest for kWidth values at once, step for step (its table
+// reads become gathers, its walk a fixed max_walk() steps that stop at the
+// +inf sentinel), so every code is the scalar lookup's.
+void nearest_codes(const Vec& normed, const detail::CodeLookup& lookup, int32_t* out) {
+  const Vec one(1.0f);
+  const Vec minus_one(-1.0f);
+  // The scalar clamp: NaN stays NaN.
+  Vec v = Vec::blendv(normed, minus_one, normed < minus_one);
+  v = Vec::blendv(v, one, one < v);
+  const IVec top = (at::vec::cast<int32_t>(v) >> IVec(16)) & IVec(0xFFFF);
+  IVec lo = at::vec::cast<int32_t>(at::vec::gather<4>(reinterpret_cast<const float*>(lookup.starts()), top));
+  const float* padded = lookup.padded(); // padded[lo + 1] == map[lo]
+  for (int k = 0; k < lookup.max_walk(); ++k) {
+    lo = lo - at::vec::cast<int32_t>(at::vec::gather<4>(padded + 1, lo) < v); // a true mask is -1
+  }
+  const Vec left = at::vec::gather<4>(padded, lo);
+  const Vec right = at::vec::gather<4>(padded + 1, lo);
+  // lo - 1, or lo where the right neighbour is strictly nearer.
+  IVec code = lo - IVec(1) - at::vec::cast<int32_t>((right - v) < (v - left));
+  code = IVec::blendv(code, IVec(0), at::vec::cast<int32_t>(v != v));
+  code.store(out);
+}
+#else
+constexpr bool kVectorCodes = false;
+void nearest_codes(const Vec&, const detail::CodeLookup&, int32_t*) {}
+#endif
+
 // The codes of one block of floats (bitsandbytes' rule, quantization.h):
 // absmax ignores NaN; an all-zero block gets code 0 everywhere.
 void quantize_block(const float* x, int64_t n, const detail::CodeLookup& lookup, uint8_t* q, float* absmax) {
+  int64_t i = 0;
+  Vec mv(0.0f);
+  for (; i + kWidth <= n; i += kWidth) {
+    const Vec a = Vec::loadu(x + i).abs();
+    mv = Vec::blendv(mv, a, a > mv); // NaN never wins
+  }
+  float lanes[kWidth];
+  mv.store(lanes);
   float m = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
+  for (const float a : lanes) {
+    m = a > m ? a : m;
+  }
+  for (; i < n; ++i) {
     const float a = std::fabs(x[i]);
-    m = a > m ? a : m; // NaN never wins
+    m = a > m ? a : m;
   }
   *absmax = m;
   if (m == 0.0f) {
@@ -166,15 +209,39 @@ void quantize_block(const float* x, int64_t n, const detail::CodeLookup& lookup,
     return;
   }
   const float inverse = 1.0f / m;
-  for (int64_t i = 0; i < n; ++i) {
+  i = 0;
+  if constexpr (kVectorCodes) {
+    const Vec scale(inverse);
+    int32_t codes[kWidth];
+    for (; i + kWidth <= n; i += kWidth) {
+      nearest_codes(Vec::loadu(x + i) * scale, lookup, codes);
+      for (int64_t k = 0; k < kWidth; ++k) {
+        q[i + k] = static_cast<uint8_t>(codes[k]);
+      }
+    }
+  }
+  for (; i < n; ++i) {
     q[i] = lookup.nearest(x[i] * inverse);
   }
 }
 
 void dequantize_range(const Moment& m, int64_t begin, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+  while (i < n) {
     const int64_t k = begin + i;
-    out[i] = m.code_map[m.codes[k]] * m.absmax[k / m.block];
+    const int64_t block = k / m.block;
+    const int64_t stop = std::min(n, (block + 1) * m.block - begin); // this block's end
+    const float scale = m.absmax[block];
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    const Vec vscale(scale);
+    for (; i + kWidth <= stop; i += kWidth) {
+      const IVec codes = at::vec::convert_to_int32<uint8_t>(m.codes + begin + i);
+      (at::vec::gather<4>(m.code_map, codes) * vscale).store(out + i);
+    }
+#endif
+    for (; i < stop; ++i) {
+      out[i] = m.code_map[m.codes[begin + i]] * scale;
+    }
   }
 }
 

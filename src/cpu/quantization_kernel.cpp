@@ -2,15 +2,11 @@
 
 #include "kernels/checks.h"
 #include "kernels/contiguous.h"
-#include "kernels/code_lookup.h"
-#include "kernels/quantization_rule.h"
+#include "fused_kernels.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
 
 namespace flora::cpu {
 namespace {
@@ -18,7 +14,7 @@ namespace {
 void quantize_blockwise_cpu(
     const at::Tensor& x_in, at::Tensor& codes_out, at::Tensor& absmax_out, const at::Tensor& code,
     int64_t block_size) {
-  const int64_t blocks = detail::check_quantize_blockwise_args(x_in, codes_out, absmax_out, code, block_size);
+  detail::check_quantize_blockwise_args(x_in, codes_out, absmax_out, code, block_size);
   const int64_t n = x_in.numel();
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const at::Tensor map_tensor = code.contiguous();
@@ -26,28 +22,13 @@ void quantize_blockwise_cpu(
   const detail::ContiguousWorkingCopy absmax(absmax_out);
   const float* xs = x.data_ptr<float>();
   const float* map = map_tensor.data_ptr<float>();
-  uint8_t* q = codes.get().data_ptr<uint8_t>();
-  float* am = absmax.get().data_ptr<float>();
-  const auto lookup = detail::CodeLookup::of(map);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = b * block_size;
-      const int64_t last = std::min(n, first + block_size);
-      float m = 0.0f;
-      for (int64_t i = first; i < last; ++i) {
-        m = std::max(m, std::fabs(xs[i])); // NaN never wins
-      }
-      am[b] = m;
-      if (m == 0.0f) {
-        std::fill(q + first, q + last, uint8_t{0});
-        continue;
-      }
-      const float inverse = 1.0f / m;
-      for (int64_t i = first; i < last; ++i) {
-        q[i] = lookup->nearest(xs[i] * inverse);
-      }
-    }
-  });
+  // The fused step's (de)quantisers, vectorised for this CPU (fused_kernels.h).
+  Moment moment;
+  moment.codes = codes.get().data_ptr<uint8_t>();
+  moment.absmax = absmax.get().data_ptr<float>();
+  moment.block = block_size;
+  moment.code_map = map;
+  kernels().quantize(xs, n, moment);
   codes.write_back();
   absmax.write_back();
 }
@@ -60,15 +41,12 @@ at::Tensor dequantize_blockwise_cpu(
   const at::Tensor absmax = absmax_in.contiguous();
   const at::Tensor map_tensor = code.contiguous();
   at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
-  const uint8_t* q = codes.data_ptr<uint8_t>();
-  const float* am = absmax.data_ptr<float>();
-  const float* map = map_tensor.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      o[i] = map[q[i]] * am[i / block_size];
-    }
-  });
+  Moment moment;
+  moment.codes = const_cast<uint8_t*>(codes.data_ptr<uint8_t>()); // read only: dequantize writes `out`
+  moment.absmax = const_cast<float*>(absmax.data_ptr<float>());
+  moment.block = block_size;
+  moment.code_map = map_tensor.data_ptr<float>();
+  kernels().dequantize(moment, n, out.data_ptr<float>());
   return out;
 }
 

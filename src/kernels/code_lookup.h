@@ -12,9 +12,11 @@
 
 #include "kernels/quantization_rule.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 
@@ -24,13 +26,22 @@ class CodeLookup {
  public:
   explicit CodeLookup(const float* map) {
     std::memcpy(map_.data(), map, sizeof(float) * 256);
+    padded_[0] = -std::numeric_limits<float>::infinity();
+    std::memcpy(padded_.data() + 1, map, sizeof(float) * 256);
+    padded_[257] = std::numeric_limits<float>::infinity();
     for (uint32_t top = 0; top < 65536; ++top) {
       // The smallest float with these top bits: low bits 0 for a positive
       // pattern, all ones for a negative one (larger magnitude).
-      const uint32_t bits = (top << 16) | ((top & 0x8000u) != 0 ? 0xFFFFu : 0u);
-      float v;
-      std::memcpy(&v, &bits, sizeof v);
-      start_[top] = static_cast<uint16_t>(lower_bound(v));
+      const bool negative = (top & 0x8000u) != 0;
+      const int32_t start = lower_bound(from_bits((top << 16) | (negative ? 0xFFFFu : 0u)));
+      start_[top] = start;
+      // The longest walk from here is the largest value with these bits
+      // (clamped to [-1, 1] as every lookup's value is).
+      const float largest = from_bits((top << 16) | (negative ? 0u : 0xFFFFu));
+      if (largest == largest) {
+        const float v = largest < -1.0f ? -1.0f : (1.0f < largest ? 1.0f : largest);
+        max_walk_ = std::max(max_walk_, lower_bound(v) - start);
+      }
     }
   }
 
@@ -57,6 +68,21 @@ class CodeLookup {
     return static_cast<uint8_t>(dist_right < dist_left ? lo : lo - 1);
   }
 
+  /// For a vectorised lookup (the CPU kernels' gathers): the starting
+  /// points, indexed by a float's top 16 bits; the map with -inf before and
+  /// +inf after it (padded()[i + 1] == map[i]), so that a walk stops at the
+  /// end and a neighbour past either end is never the nearer; and the most
+  /// steps any walk takes.
+  const int32_t* starts() const {
+    return start_.data();
+  }
+  const float* padded() const {
+    return padded_.data();
+  }
+  int max_walk() const {
+    return max_walk_;
+  }
+
   bool serves(const float* map) const {
     return std::memcmp(map_.data(), map, sizeof(float) * 256) == 0;
   }
@@ -74,6 +100,12 @@ class CodeLookup {
   }
 
  private:
+  static float from_bits(uint32_t bits) {
+    float v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+  }
+
   int lower_bound(float v) const {
     int lo = 0, hi = 256;
     while (lo < hi) {
@@ -88,7 +120,9 @@ class CodeLookup {
   }
 
   std::array<float, 256> map_{};
-  std::array<uint16_t, 65536> start_{};
+  std::array<float, 258> padded_{};
+  std::array<int32_t, 65536> start_{}; // int32 rather than 16 bits: a vector gather reads 32
+  int max_walk_ = 0;
 };
 
 } // namespace flora::detail

@@ -94,7 +94,7 @@ void replay_against_eager(bool quantization) {
                            .kappa(7)
                            .weight_decay(0.01)
                            .check_finite(false)
-                           .quantization(quantization);
+                           .quantization(quantization).quantization_min_size(0);
   Run captured(initial, Options(options).capturable(true));
   Run eager(initial, Options(options).capturable(true));
   Run plain(initial, options);

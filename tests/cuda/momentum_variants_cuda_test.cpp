@@ -37,7 +37,7 @@ TEST_P(VariantOnCuda, MatchesTheCpu) {
     gpu.push_back(p.detach().to(torch::kCUDA).requires_grad_(true));
   }
   const auto options = FloraOptions(2e-2).beta1(0.9).rank(6).kappa(3).momentum_projection(c.kind).momentum_rescale(
-      c.rescale).quantization(c.quantized).quantization_block_size(64);
+      c.rescale).quantization(c.quantized).quantization_min_size(0).quantization_block_size(64);
   Flora opt_cpu(cpu, options);
   Flora opt_gpu(gpu, options);
   for (int t = 1; t <= 8; ++t) {

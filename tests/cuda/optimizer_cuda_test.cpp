@@ -285,7 +285,7 @@ TEST_P(CudaGraph, CapturedStepReplaysTheEagerStep) {
       (torch::randn({2, 3, 4}, cuda) * 0.1).to(torch::kBFloat16).requires_grad_(true)};
   flora::Flora opt(
       params, flora::FloraOptions(1e-2).rank(16).beta1(0.9).kappa(1000).weight_decay(0.01).check_finite(false)
-                  .quantization(quantization));
+                  .quantization(quantization).quantization_min_size(0));
   for (auto& p : params) {
     p.mutable_grad() = torch::randn_like(p);
   }

@@ -74,7 +74,7 @@ Model make_model(const Fixture& f) {
     }
     groups.emplace_back(std::move(ps));
   }
-  m.opt = std::make_unique<Flora>(groups, FloraOptions(1e-2).beta1(0.5).rank(2).kappa(2).quantization(true));
+  m.opt = std::make_unique<Flora>(groups, FloraOptions(1e-2).beta1(0.5).rank(2).kappa(2).quantization(true).quantization_min_size(0));
   return m;
 }
 
