@@ -307,6 +307,9 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
   flags.integer("--flora-seed", s.flora_seed, 0, kMaxSeed, "flora: seed of the random projections");
   flags.choice("--projection", s.projection, {"philox", "reference"}, "flora: projection generator");
   flags.choice("--quantization", s.quantization, {"none", "8bit"}, "flora: 8-bit optimizer states");
+  flags.integer("--quantization-min-size", s.quantization_min_size, 0, kNoLimit,
+                "flora, --quantization 8bit: parameters of fewer elements keep float32 states (0: none do, as "
+                "flora-opt)");
   flags.integer("--accumulation-rank", s.accumulation_rank, 0, kNoLimit,
                 "compress the gradient accumulation of --grad-accum micro-batches to this rank (0: off)");
   flags.flag("--fused-backward", s.fused_backward,
@@ -417,9 +420,10 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
                                                        : "--compare " + join(s.optimizers, ",");
 
   // Flags that no requested optimizer uses.
-  for (const char* name : {"--flora-lr", "--rank", "--kappa", "--beta1", "--flora-seed", "--projection",
-                           "--quantization", "--fused-backward", "--max-aspect-ratio", "--stochastic-rounding",
-                           "--momentum-projection", "--momentum-rescale", "--stats-every"}) {
+  for (const char* name :
+       {"--flora-lr", "--rank", "--kappa", "--beta1", "--flora-seed", "--projection", "--quantization",
+        "--quantization-min-size", "--fused-backward", "--max-aspect-ratio", "--stochastic-rounding",
+        "--momentum-projection", "--momentum-rescale", "--stats-every"}) {
     if (flags.given(name) && !flora) {
       throw UsageError(std::string(name) + " applies to flora only, and " + which + " runs no flora");
     }
@@ -431,6 +435,11 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
   if (s.stochastic_rounding && s.projection != "philox") {
     throw UsageError("--stochastic-rounding needs --projection philox (reference mode writes parameters as "
                      "flora-opt does), and --projection is '" + s.projection + "'");
+  }
+  if (flags.given("--quantization-min-size") && s.quantization != "8bit") {
+    throw UsageError("--quantization-min-size " + std::to_string(s.quantization_min_size) +
+                     " chooses which parameters get 8-bit states, and --quantization is '" + s.quantization +
+                     "': add --quantization 8bit");
   }
   if (flags.given("--max-aspect-ratio") && s.rank == 0 && !s.compression_rank) {
     throw UsageError("--max-aspect-ratio '" + format_number(s.max_aspect_ratio) +

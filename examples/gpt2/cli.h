@@ -52,6 +52,8 @@ struct Settings {
   int64_t flora_seed = 0;
   std::string projection = "philox";
   std::string quantization = "none";
+  /// With 8-bit states: parameters of fewer elements keep float32 moments.
+  int64_t quantization_min_size = 4096;
   int64_t accumulation_rank = 0;
   bool fused_backward = false;
   /// Flora's compression rule: the largest aspect ratio of a matrix whose

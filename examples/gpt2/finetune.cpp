@@ -256,6 +256,7 @@ RunPlan prepare_run(const Settings& settings) {
       spec.seed = s.flora_seed;
       spec.projection = parse_projection(s.projection);
       spec.quantization = s.quantization;
+      spec.quantization_min_size = s.quantization_min_size;
       spec.fused_backward = s.fused_backward;
       spec.max_aspect_ratio = s.max_aspect_ratio;
       spec.stochastic_rounding = s.stochastic_rounding;

@@ -379,6 +379,9 @@ std::string OptimizerSpec::label() const {
     }
     if (quantization == "8bit") {
       s += ",8bit";
+      if (quantization_min_size != 4096) {
+        s += ",min_size=" + std::to_string(quantization_min_size);
+      }
     }
     if (fused_backward) {
       s += ",fused";
@@ -429,6 +432,7 @@ FloraOptions flora_options(const OptimizerSpec& spec) {
       .momentum_rescale(spec.momentum_rescale)
       .weight_decay(spec.weight_decay)
       .quantization(spec.quantization == "8bit")
+      .quantization_min_size(spec.quantization_min_size)
       .max_aspect_ratio(spec.max_aspect_ratio)
       .stochastic_rounding(spec.stochastic_rounding);
   return options;

@@ -68,6 +68,8 @@ struct OptimizerSpec {
   // Flora memory modes.
   /// "none" or "8bit" (flora only).
   std::string quantization = "none";
+  /// FloraOptions::quantization_min_size (with "8bit").
+  int64_t quantization_min_size = 4096;
   /// Compress the gradient accumulation across micro-batches to this rank
   /// (0: plain accumulation). Needs micro_batches > 1.
   int64_t accumulation_rank = 0;
