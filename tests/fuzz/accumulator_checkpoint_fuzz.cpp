@@ -22,10 +22,7 @@ using flora::CompressedAccumulator;
 using flora::fuzz::ArchiveNode;
 using flora::fuzz::same_tensor;
 
-struct Fixture {
-  flora::fuzz::FixtureRun run;
-  ArchiveNode tree;
-};
+using Fixture = flora::fuzz::CheckpointFixture;
 
 struct Model {
   std::vector<torch::Tensor> params;
@@ -36,18 +33,10 @@ Model make_model(const Fixture& f);
 void load_bytes(CompressedAccumulator& acc, const std::string& bytes);
 
 const std::vector<Fixture>& fixtures() {
-  static const std::vector<Fixture> all = [] {
-    torch::set_num_threads(1);
-    std::vector<Fixture> out;
-    for (auto& run : flora::fuzz::fixture_runs("accumulator")) {
-      auto tree = flora::fuzz::read_archive_file(run.checkpoint);
-      out.push_back({std::move(run), std::move(tree)});
-      // The tree, written back unedited, is the fixture: it loads.
-      Model m = make_model(out.back());
-      load_bytes(*m.acc, flora::fuzz::archive_bytes(out.back().tree));
-    }
-    return out;
-  }();
+  static const std::vector<Fixture> all = flora::fuzz::checkpoint_fixtures("accumulator", [](const Fixture& f) {
+    Model m = make_model(f);
+    load_bytes(*m.acc, flora::fuzz::archive_bytes(f.tree));
+  });
   return all;
 }
 

@@ -71,4 +71,16 @@ std::vector<FixtureRun> fixture_runs(const std::string& kind) {
   return runs;
 }
 
+std::vector<CheckpointFixture> checkpoint_fixtures(
+    const std::string& kind, const std::function<void(const CheckpointFixture&)>& load_unedited) {
+  torch::set_num_threads(1);
+  std::vector<CheckpointFixture> out;
+  for (auto& run : fixture_runs(kind)) {
+    auto tree = read_archive_file(run.checkpoint);
+    out.push_back({std::move(run), std::move(tree)});
+    load_unedited(out.back());
+  }
+  return out;
+}
+
 } // namespace flora::fuzz

@@ -30,10 +30,7 @@ using flora::FloraParamState;
 using flora::fuzz::ArchiveNode;
 using flora::fuzz::same_tensor;
 
-struct Fixture {
-  flora::fuzz::FixtureRun run;
-  ArchiveNode tree;
-};
+using Fixture = flora::fuzz::CheckpointFixture;
 
 struct Model {
   std::vector<torch::Tensor> params;
@@ -43,19 +40,11 @@ struct Model {
 Model make_model(const Fixture& f);
 
 const std::vector<Fixture>& fixtures() {
-  static const std::vector<Fixture> all = [] {
-    torch::set_num_threads(1);
-    std::vector<Fixture> out;
-    for (auto& run : flora::fuzz::fixture_runs("optimizer")) {
-      auto tree = flora::fuzz::read_archive_file(run.checkpoint);
-      out.push_back({std::move(run), std::move(tree)});
-      // The tree, written back unedited, is the fixture: it loads.
-      Model m = make_model(out.back());
-      std::istringstream stream(flora::fuzz::archive_bytes(out.back().tree));
-      torch::load(*m.opt, stream);
-    }
-    return out;
-  }();
+  static const std::vector<Fixture> all = flora::fuzz::checkpoint_fixtures("optimizer", [](const Fixture& f) {
+    Model m = make_model(f);
+    std::istringstream stream(flora::fuzz::archive_bytes(f.tree));
+    torch::load(*m.opt, stream);
+  });
   return all;
 }
 

@@ -24,6 +24,20 @@
 namespace flora::gpt2 {
 namespace {
 
+// A short, silent run: `steps` optimizer steps of `batch` x `block` tokens,
+// `warmup` warm-up steps, evaluated only at the end on `eval_blocks` blocks.
+TrainOptions short_run(int64_t steps, int64_t batch, int64_t block, int64_t warmup, int64_t eval_blocks) {
+  TrainOptions o;
+  o.steps = steps;
+  o.batch_size = batch;
+  o.block_size = block;
+  o.warmup_steps = warmup;
+  o.eval_every = 0;
+  o.eval_max_blocks = eval_blocks;
+  o.log_every = 0;
+  return o;
+}
+
 using testing::expect_error;
 
 // The tiny model's operations are far too small to gain from several
@@ -282,13 +296,7 @@ TEST(Gpt2Train, ShortFineTuneLowersTheLossWithAdamAndFlora) {
 }
 
 TEST(Gpt2Train, ActivationCheckpointingTrainsIdentically) {
-  TrainOptions options;
-  options.steps = 3;
-  options.batch_size = 4;
-  options.block_size = 32;
-  options.eval_every = 0;
-  options.eval_max_blocks = 4;
-  options.log_every = 0;
+  auto options = short_run(3, 4, 32, 0, 4);
   OptimizerSpec spec;
   spec.name = "flora";
   spec.lr = 0.3;
@@ -308,14 +316,7 @@ TEST(Gpt2Train, ActivationCheckpointingTrainsIdentically) {
 }
 
 TEST(Gpt2Train, ADivergingRunStopsWithAReasonInsteadOfThrowing) {
-  TrainOptions options;
-  options.steps = 100;
-  options.batch_size = 8;
-  options.block_size = 32;
-  options.warmup_steps = 5;
-  options.eval_every = 0;
-  options.eval_max_blocks = 8;
-  options.log_every = 0;
+  auto options = short_run(100, 8, 32, 5, 8);
   OptimizerSpec spec;
   spec.name = "flora";
   spec.lr = 5.0; // far too high: the loss explodes
@@ -329,14 +330,7 @@ TEST(Gpt2Train, ADivergingRunStopsWithAReasonInsteadOfThrowing) {
 // --stats-every: Flora's update statistics sampled at step 1 and every N
 // steps, one row per parameter, and written to statistics.csv.
 TEST(Gpt2Train, StatisticsAreSampledAndWritten) {
-  TrainOptions options;
-  options.steps = 4;
-  options.batch_size = 4;
-  options.block_size = 32;
-  options.warmup_steps = 1;
-  options.eval_every = 0;
-  options.eval_max_blocks = 4;
-  options.log_every = 0;
+  auto options = short_run(4, 4, 32, 1, 4);
   options.stats_every = 2;
   OptimizerSpec spec;
   spec.name = "flora";
@@ -396,14 +390,7 @@ TEST(Gpt2Memory, PeakCountsTheParameters) {
 // optimizer state (all alive at the end of a step), whatever was allocated
 // before the run.
 TEST(Gpt2Memory, RunPeakHoldsParametersGradientsAndState) {
-  TrainOptions options;
-  options.steps = 2;
-  options.batch_size = 4;
-  options.block_size = 16;
-  options.warmup_steps = 0;
-  options.eval_every = 0;
-  options.eval_max_blocks = 2;
-  options.log_every = 0;
+  auto options = short_run(2, 4, 16, 0, 2);
   for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
     auto model = load_pretrained(testing::tiny_model_dir(), dtype);
     int64_t numel = 0;
@@ -421,14 +408,7 @@ TEST(Gpt2Memory, RunPeakHoldsParametersGradientsAndState) {
 // bfloat16 parameters, activations and gradients; optimizer states in
 // float32 (Adam, AdamW, Flora) or 8-bit; the loss goes down.
 TEST(Gpt2Train, Bfloat16Trains) {
-  TrainOptions options;
-  options.steps = 20;
-  options.batch_size = 8;
-  options.block_size = 32;
-  options.warmup_steps = 2;
-  options.eval_every = 0;
-  options.eval_max_blocks = 16;
-  options.log_every = 0;
+  auto options = short_run(20, 8, 32, 2, 16);
   options.final_loss_window = 5;
   for (const char* name : {"adam", "flora"}) {
     OptimizerSpec spec;
@@ -489,14 +469,7 @@ TEST(Gpt2Train, Bfloat16Trains) {
 // the state is what the library's estimate says for those options, and
 // smaller than under flora-opt's rule.
 TEST(Gpt2Train, UnlimitedAspectRatioCompressesTheEmbeddingMomentum) {
-  TrainOptions options;
-  options.steps = 2;
-  options.batch_size = 4;
-  options.block_size = 16;
-  options.warmup_steps = 0;
-  options.eval_every = 0;
-  options.eval_max_blocks = 2;
-  options.log_every = 0;
+  auto options = short_run(2, 4, 16, 0, 2);
   int64_t state[2] = {0, 0};
   for (const double aspect : {4.0, std::numeric_limits<double>::infinity()}) {
     OptimizerSpec spec;
@@ -520,14 +493,7 @@ TEST(Gpt2Train, UnlimitedAspectRatioCompressesTheEmbeddingMomentum) {
 // --stochastic-rounding: bfloat16 training that is reproducible for a seed
 // and rounds differently from round-to-nearest.
 TEST(Gpt2Train, StochasticRoundingOfBfloat16Parameters) {
-  TrainOptions options;
-  options.steps = 3;
-  options.batch_size = 4;
-  options.block_size = 16;
-  options.warmup_steps = 0;
-  options.eval_every = 0;
-  options.eval_max_blocks = 2;
-  options.log_every = 0;
+  auto options = short_run(3, 4, 16, 0, 2);
   auto run = [&](bool stochastic) {
     OptimizerSpec spec;
     spec.name = "flora";
@@ -626,14 +592,7 @@ TEST(Gpt2Checkpoint, AResumedRunContinuesBitForBit) {
 
 TEST(Gpt2Checkpoint, ACheckpointOfAnotherRunIsRefused) {
   const testing::TempDir dir;
-  TrainOptions options;
-  options.steps = 4;
-  options.batch_size = 2;
-  options.block_size = 16;
-  options.warmup_steps = 1;
-  options.eval_every = 0;
-  options.eval_max_blocks = 2;
-  options.log_every = 0;
+  auto options = short_run(4, 2, 16, 1, 2);
   options.checkpoint_file = dir.file("run.pt");
   options.stop_after = 2;
   OptimizerSpec spec;
