@@ -17,7 +17,11 @@ while [ $# -gt 0 ]; do
     --target)
       [ $# -ge 2 ] || { echo "scripts/build.sh: --target needs a target name" >&2; exit 2; }
       targets+=(--target "$2"); shift 2 ;;
-    *) configure+=("$1"); shift ;;
+    -*) configure+=("$1"); shift ;;
+    *)
+      # CMake would take a bare word for a source directory and drop it.
+      echo "scripts/build.sh: '$1' is neither --target NAME nor a CMake option (-D...); give --target before each target" >&2
+      exit 2 ;;
   esac
 done
 

@@ -36,6 +36,9 @@ inline c10::IValue to_ivalue(ProjectionMode v) {
 inline c10::IValue to_ivalue(MomentumProjection v) {
   return static_cast<int64_t>(v);
 }
+inline c10::IValue to_ivalue(ProjectionPrecision v) {
+  return static_cast<int64_t>(v);
+}
 
 /// Reads `value` (the archive's entry `key`, read by `who`) into `out`.
 inline void from_ivalue(const c10::IValue& value, double& out, const char* who, const char* key) {
@@ -79,6 +82,15 @@ inline void from_ivalue(const c10::IValue& value, MomentumProjection& out, const
           kind <= static_cast<int64_t>(MomentumProjection::subspace),
       who, ": unknown momentum projection ", kind, " in the checkpoint");
   out = static_cast<MomentumProjection>(kind);
+}
+inline void from_ivalue(const c10::IValue& value, ProjectionPrecision& out, const char* who, const char* key) {
+  int64_t kind = 0;
+  from_ivalue(value, kind, who, key);
+  TORCH_CHECK(
+      kind >= static_cast<int64_t>(ProjectionPrecision::float32) &&
+          kind <= static_cast<int64_t>(ProjectionPrecision::tf32),
+      who, ": unknown projection precision ", kind, " in the checkpoint");
+  out = static_cast<ProjectionPrecision>(kind);
 }
 
 } // namespace flora::detail

@@ -12,7 +12,7 @@
 //   2  options: capturable, max_aspect_ratio, stochastic_rounding.
 //   3  options: momentum_projection, momentum_rescale.
 //   4  options: quantization_min_size (formats 1-3 quantized every
-//      parameter: they read as 0).
+//      parameter: they read as 0), projection_precision.
 
 #include <cstdint>
 

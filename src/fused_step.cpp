@@ -465,6 +465,60 @@ void prepare_variant(Invocation& v) {
   v.prepared = true;
 }
 
+// TF32 for the CUDA matmuls of one product, the caller's setting back after
+// (torch's flag is process-wide; the step holds it only for its own calls).
+class Tf32Products {
+ public:
+  explicit Tf32Products(bool on) : on_(on) {
+    if (on_) {
+      previous_ = at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+      at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::TF32);
+    }
+  }
+  ~Tf32Products() {
+    if (on_) {
+      at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, previous_);
+    }
+  }
+  Tf32Products(const Tf32Products&) = delete;
+  Tf32Products& operator=(const Tf32Products&) = delete;
+
+ private:
+  bool on_;
+  at::Float32Precision previous_ = at::Float32Precision::NONE;
+};
+
+// out = beta out + alpha (a @ b), batched, in the projection precision:
+// float32 in place; tf32 the same under TF32 on CUDA (float32 on a CPU);
+// bfloat16 with a and b rounded to bfloat16 and the product (accumulated in
+// float32 by the GEMM) rounded to bfloat16, then added in float32. beta 0:
+// out's old values are not read.
+void projection_product(
+    torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b, double beta, double alpha,
+    ProjectionPrecision precision) {
+  if (precision == ProjectionPrecision::bfloat16) {
+    const auto product = at::bmm(a.to(at::kBFloat16), b.to(at::kBFloat16));
+    if (beta == 0.0) {
+      out.copy_(product);
+      if (alpha != 1.0) {
+        out.mul_(alpha);
+      }
+    } else {
+      if (beta != 1.0) {
+        out.mul_(beta);
+      }
+      out.add_(product, alpha);
+    }
+    return;
+  }
+  const Tf32Products tf32(precision == ProjectionPrecision::tf32 && out.is_cuda());
+  if (beta == 0.0 && alpha == 1.0) {
+    at::bmm_out(out, a, b);
+  } else {
+    out.baddbmm_(a, b, beta, alpha);
+  }
+}
+
 void run_full(Invocation& v) {
   const auto& o = *v.group->options;
   ops::full_step_(
@@ -506,11 +560,12 @@ void run_compressed(Invocation& v) {
   const auto& p_old = v.carry_basis ? v.p_old : v.p_new;
   const auto p_old_t = p_old.transpose(1, 2);
 
+  const auto precision = o.projection_precision();
   // down'(u) before u becomes the update.
   if (v.left) {
-    at::bmm_out(v.down, v.p_new, v.u);
+    projection_product(v.down, v.p_new, v.u, 0.0, 1.0, precision);
   } else {
-    at::bmm_out(v.down, v.u, v.p_new);
+    projection_product(v.down, v.u, v.p_new, 0.0, 1.0, precision);
   }
   if (!v.prepared) {
     ops::gather_moments_(v.momentum, v.momentum_absmax, block, v.code_map, v.gathered);
@@ -521,25 +576,25 @@ void run_compressed(Invocation& v) {
     const auto& down_old = v.carry_basis ? v.down_old : v.down;
     if (v.carry_basis) {
       if (v.left) {
-        at::bmm_out(v.down_old, p_old, v.u);
+        projection_product(v.down_old, p_old, v.u, 0.0, 1.0, precision);
       } else {
-        at::bmm_out(v.down_old, v.u, p_old);
+        projection_product(v.down_old, v.u, p_old, 0.0, 1.0, precision);
       }
     }
     if (v.left) {
-      v.u.baddbmm_(p_old_t, v.gathered, 1.0, b1);
-      v.u.baddbmm_(p_old_t, down_old, 1.0, -b1);
+      projection_product(v.u, p_old_t, v.gathered, 1.0, b1, precision);
+      projection_product(v.u, p_old_t, down_old, 1.0, -b1, precision);
     } else {
-      v.u.baddbmm_(v.gathered, p_old_t, 1.0, b1);
-      v.u.baddbmm_(down_old, p_old_t, 1.0, -b1);
+      projection_product(v.u, v.gathered, p_old_t, 1.0, b1, precision);
+      projection_product(v.u, down_old, p_old_t, 1.0, -b1, precision);
     }
   } else {
     // update = (1 - b1) u + b1 up(M) (M rescaled with momentum_rescale), in place.
     const auto& mixed = v.rescale ? v.scaled : v.gathered;
     if (v.left) {
-      v.u.baddbmm_(p_old_t, mixed, 1.0 - b1, b1);
+      projection_product(v.u, p_old_t, mixed, 1.0 - b1, b1, precision);
     } else {
-      v.u.baddbmm_(mixed, p_old_t, 1.0 - b1, b1);
+      projection_product(v.u, mixed, p_old_t, 1.0 - b1, b1, precision);
     }
   }
   torch::Tensor momentum = v.gathered;

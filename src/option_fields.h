@@ -52,6 +52,7 @@ void for_each_option(Visit&& visit, Options&... options) {
   visit(FieldInfo{"momentum_projection", 3}, options.momentum_projection()...);
   visit(FieldInfo{"momentum_rescale", 3}, options.momentum_rescale()...);
   visit(FieldInfo{"quantization_min_size", 4}, options.quantization_min_size()...);
+  visit(FieldInfo{"projection_precision", 4}, options.projection_precision()...);
 }
 
 /// Reads FloraOptions written in checkpoint format `format`

@@ -161,6 +161,10 @@ void validate(const FloraOptions& o, const char* where) {
       !(o.momentum_rescale() && o.momentum_projection() == MomentumProjection::subspace), where,
       ": momentum_rescale(true) does nothing with momentum_projection(subspace), where up(M) = Q^T M already has "
       "M's norm; use one or the other");
+  TORCH_CHECK(
+      o.projection_precision() == ProjectionPrecision::float32 || o.projection() == ProjectionMode::philox, where,
+      ": projection_precision(", to_string(o.projection_precision()),
+      ") needs the philox projection (reference mode is flora-opt's float32 sequence)");
 }
 
 const char* to_string(MomentumProjection p) {
@@ -171,6 +175,18 @@ const char* to_string(MomentumProjection p) {
       return "orthonormal";
     case MomentumProjection::subspace:
       return "subspace";
+  }
+  return "unknown";
+}
+
+const char* to_string(ProjectionPrecision p) {
+  switch (p) {
+    case ProjectionPrecision::float32:
+      return "float32";
+    case ProjectionPrecision::bfloat16:
+      return "bfloat16";
+    case ProjectionPrecision::tf32:
+      return "tf32";
   }
   return "unknown";
 }

@@ -173,7 +173,9 @@ TEST(FusedStep, ResultsDoNotDependOnTheThreadCount) {
     at::set_num_threads(threads);
     std::vector<torch::Tensor> params = {
         flora::testing::param({300, 200}, 1), flora::testing::param({5000}, 2), flora::testing::param({64, 700}, 3)};
-    Flora opt(params, FloraOptions(1e-2).beta1(0.9).quantization(true).quantization_min_size(0).quantization_block_size(256));
+    Flora opt(
+        params,
+        FloraOptions(1e-2).beta1(0.9).quantization(true).quantization_min_size(0).quantization_block_size(256));
     for (int s = 1; s <= 3; ++s) {
       for (size_t i = 0; i < params.size(); ++i) {
         params[i].mutable_grad() = flora::testing::randn_like_seeded(params[i], 10 * s + i);
@@ -187,6 +189,53 @@ TEST(FusedStep, ResultsDoNotDependOnTheThreadCount) {
   const auto two = run(2);
   for (size_t i = 0; i < one.size(); ++i) {
     EXPECT_TRUE(torch::equal(one[i], two[i])) << i;
+  }
+}
+
+// projection_precision: tf32 is float32 on a CPU, bit for bit; bfloat16
+// products move the parameters by nearly the float32 step (their operands
+// and products keep 8 significant bits) and not by exactly it; in every
+// momentum rule and across a resample. The reference projection refuses it.
+TEST(FusedStep, ProjectionPrecisionRoundsOnlyTheProducts) {
+  using flora::MomentumProjection;
+  using flora::ProjectionPrecision;
+  for (const auto rule : {MomentumProjection::gaussian, MomentumProjection::subspace}) {
+    auto run = [&](ProjectionPrecision precision) {
+      std::vector<torch::Tensor> params = {
+          flora::testing::param({48, 96}, 1), flora::testing::param({96, 40}, 2), flora::testing::param({40, 48}, 3)};
+      const auto start = torch::cat({params[0].detach().flatten(), params[1].detach().flatten(),
+                                     params[2].detach().flatten()});
+      Flora opt(
+          params,
+          FloraOptions(1e-2).beta1(0.9).rank(8).kappa(2).momentum_projection(rule).projection_precision(precision));
+      for (int s = 1; s <= 5; ++s) { // resamples at 2 and 4
+        for (size_t i = 0; i < params.size(); ++i) {
+          params[i].mutable_grad() = flora::testing::randn_like_seeded(params[i], 10 * s + i);
+        }
+        opt.step();
+      }
+      return (torch::cat({params[0].detach().flatten(), params[1].detach().flatten(), params[2].detach().flatten()}) -
+              start);
+    };
+    const auto f32 = run(ProjectionPrecision::float32);
+    const auto tf32 = run(ProjectionPrecision::tf32);
+    const auto bf16 = run(ProjectionPrecision::bfloat16);
+    EXPECT_TRUE(torch::equal(tf32, f32)) << flora::to_string(rule);
+    const double error = relative_error(bf16, f32);
+    std::cout << "[ bf16     ] " << flora::to_string(rule) << ": 5 steps of bfloat16 products move the parameters "
+              << error << " (relative) away from float32's" << std::endl;
+    EXPECT_GT(error, 0.0);
+    EXPECT_LT(error, 2e-2);
+  }
+  std::vector<torch::Tensor> params = {flora::testing::param({8, 8}, 1)};
+  try {
+    Flora opt(params, FloraOptions(1e-2).projection(ProjectionMode::reference)
+                          .projection_precision(ProjectionPrecision::bfloat16));
+    ADD_FAILURE() << "reference mode took projection_precision(bfloat16)";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("projection_precision(bfloat16) needs the philox projection"),
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -28,6 +28,7 @@ TEST(FloraOptions, DefaultsAreFloraOpts) {
   EXPECT_FALSE(o.quantization());
   EXPECT_EQ(o.quantization_block_size(), 4096);
   EXPECT_EQ(o.quantization_min_size(), 4096);
+  EXPECT_EQ(o.projection_precision(), flora::ProjectionPrecision::float32);
   EXPECT_EQ(o.projection(), flora::ProjectionMode::philox);
   EXPECT_TRUE(o.check_finite());
 }
@@ -75,6 +76,8 @@ TEST(FloraOptions, SerializeRoundTrip) {
                    .projection(flora::ProjectionMode::reference)
                    .check_finite(false);
   EXPECT_TRUE(round_trip(saved) == saved);
+  const auto precise = FloraOptions(1e-3).rank(4).projection_precision(flora::ProjectionPrecision::bfloat16);
+  EXPECT_TRUE(round_trip(precise) == precise);
 
   // std::nullopt survives as well.
   const auto unset = FloraOptions().relative_step(true);

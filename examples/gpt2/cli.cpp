@@ -307,6 +307,8 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
   flags.integer("--flora-seed", s.flora_seed, 0, kMaxSeed, "flora: seed of the random projections");
   flags.choice("--projection", s.projection, {"philox", "reference"}, "flora: projection generator");
   flags.choice("--quantization", s.quantization, {"none", "8bit"}, "flora: 8-bit optimizer states");
+  flags.choice("--projection-precision", s.projection_precision, {"float32", "bfloat16", "tf32"},
+               "flora: arithmetic of the projection products (tf32: CUDA only, float32 on a CPU)");
   flags.integer("--quantization-min-size", s.quantization_min_size, 0, kNoLimit,
                 "flora, --quantization 8bit: parameters of fewer elements keep float32 states (0: none do, as "
                 "flora-opt)");
@@ -422,7 +424,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
   // Flags that no requested optimizer uses.
   for (const char* name :
        {"--flora-lr", "--rank", "--kappa", "--beta1", "--flora-seed", "--projection", "--quantization",
-        "--quantization-min-size", "--fused-backward", "--max-aspect-ratio", "--stochastic-rounding",
+        "--quantization-min-size", "--projection-precision", "--fused-backward", "--max-aspect-ratio", "--stochastic-rounding",
         "--momentum-projection", "--momentum-rescale", "--stats-every"}) {
     if (flags.given(name) && !flora) {
       throw UsageError(std::string(name) + " applies to flora only, and " + which + " runs no flora");

@@ -54,6 +54,8 @@ struct Settings {
   std::string quantization = "none";
   /// With 8-bit states: parameters of fewer elements keep float32 moments.
   int64_t quantization_min_size = 4096;
+  /// Flora: arithmetic of the projection products ("float32", "bfloat16", "tf32").
+  std::string projection_precision = "float32";
   int64_t accumulation_rank = 0;
   bool fused_backward = false;
   /// Flora's compression rule: the largest aspect ratio of a matrix whose

@@ -257,6 +257,7 @@ RunPlan prepare_run(const Settings& settings) {
       spec.projection = parse_projection(s.projection);
       spec.quantization = s.quantization;
       spec.quantization_min_size = s.quantization_min_size;
+      spec.projection_precision = parse_projection_precision(s.projection_precision);
       spec.fused_backward = s.fused_backward;
       spec.max_aspect_ratio = s.max_aspect_ratio;
       spec.stochastic_rounding = s.stochastic_rounding;

@@ -377,6 +377,9 @@ std::string OptimizerSpec::label() const {
     if (momentum_rescale) {
       s += ",rescale";
     }
+    if (projection_precision != ProjectionPrecision::float32) {
+      s += std::string(",") + to_string(projection_precision) + "_products";
+    }
     if (quantization == "8bit") {
       s += ",8bit";
       if (quantization_min_size != 4096) {
@@ -412,6 +415,15 @@ ProjectionMode parse_projection(const std::string& name) {
   TORCH_CHECK(false, "--projection must be philox or reference, got '", name, "'");
 }
 
+ProjectionPrecision parse_projection_precision(const std::string& name) {
+  for (auto p : {ProjectionPrecision::float32, ProjectionPrecision::bfloat16, ProjectionPrecision::tf32}) {
+    if (name == to_string(p)) {
+      return p;
+    }
+  }
+  TORCH_CHECK(false, "--projection-precision must be float32, bfloat16 or tf32, got '", name, "'");
+}
+
 MomentumProjection parse_momentum_projection(const std::string& name) {
   for (auto p : {MomentumProjection::gaussian, MomentumProjection::orthonormal, MomentumProjection::subspace}) {
     if (name == to_string(p)) {
@@ -433,6 +445,7 @@ FloraOptions flora_options(const OptimizerSpec& spec) {
       .weight_decay(spec.weight_decay)
       .quantization(spec.quantization == "8bit")
       .quantization_min_size(spec.quantization_min_size)
+      .projection_precision(spec.projection_precision)
       .max_aspect_ratio(spec.max_aspect_ratio)
       .stochastic_rounding(spec.stochastic_rounding);
   return options;

@@ -70,6 +70,8 @@ struct OptimizerSpec {
   std::string quantization = "none";
   /// FloraOptions::quantization_min_size (with "8bit").
   int64_t quantization_min_size = 4096;
+  /// FloraOptions::projection_precision.
+  ProjectionPrecision projection_precision = ProjectionPrecision::float32;
   /// Compress the gradient accumulation across micro-batches to this rank
   /// (0: plain accumulation). Needs micro_batches > 1.
   int64_t accumulation_rank = 0;
@@ -156,5 +158,7 @@ std::unique_ptr<TrainStepper> make_stepper(
 ProjectionMode parse_projection(const std::string& name);
 /// Parses "gaussian" / "orthonormal" / "subspace".
 MomentumProjection parse_momentum_projection(const std::string& name);
+/// Parses "float32" / "bfloat16" / "tf32".
+ProjectionPrecision parse_projection_precision(const std::string& name);
 
 } // namespace flora::gpt2

@@ -38,6 +38,24 @@ enum class ProjectionMode : int64_t {
   reference = 1,
 };
 
+/// The arithmetic of the projection products of the compressed momentum
+/// (down(u) = P u and the mixing of up(M) = P^T M into the update: the
+/// products whose inner side is the parameter's). Accumulation is float32 in
+/// every case; the step's other arithmetic and every state stay float32.
+/// Not in flora-opt.
+enum class ProjectionPrecision : int64_t {
+  /// float32 products (flora-opt's).
+  float32 = 0,
+  /// Operands rounded to bfloat16, products accumulated in float32 (oneDNN
+  /// on CPUs with AVX512-BF16 or AMX, cuBLAS on GPUs). Rounds u and M to 8
+  /// significant bits in the products: the README measures the loss.
+  bfloat16 = 1,
+  /// TF32 tensor-core products on CUDA devices (10-bit mantissas, float32
+  /// accumulation), as torch's allow_tf32; on a CPU, which has no TF32, the
+  /// products stay float32, as torch's flag has no effect there.
+  tf32 = 2,
+};
+
 /// How a compressed momentum is projected and mixed into the update (not in
 /// flora-opt, whose rule is `gaussian`). With P the projection of a
 /// parameter, u its normalised gradient and M its compressed momentum
@@ -168,6 +186,10 @@ struct FLORA_API FloraOptions
   /// `gaussian` or `orthonormal` (with `subspace`, ||Q^T M|| = ||M||
   /// already); philox only, not capturable. Not in flora-opt.
   TORCH_ARG(bool, momentum_rescale) = false;
+  /// The arithmetic of the projection products (see ProjectionPrecision);
+  /// needs the philox projection (reference mode is flora-opt's float32
+  /// sequence). Not in flora-opt.
+  TORCH_ARG(ProjectionPrecision, projection_precision) = ProjectionPrecision::float32;
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -207,5 +229,7 @@ FLORA_API void validate(const FloraOptions& options, const char* where = "FloraO
 
 /// "gaussian", "orthonormal" or "subspace".
 FLORA_API const char* to_string(MomentumProjection projection);
+/// "float32", "bfloat16" or "tf32".
+FLORA_API const char* to_string(ProjectionPrecision precision);
 
 } // namespace flora

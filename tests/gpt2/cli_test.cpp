@@ -98,6 +98,7 @@ TEST(Gpt2Cli, EveryFlagRefusesBadValues) {
   add_values("--projection", {"sobol", ""});
   add_values("--quantization", {"4bit", ""});
   add_values("--quantization-min-size", {"-1", "1.5", "abc", ""}, {"--quantization", "8bit"});
+  add_values("--projection-precision", {"fp16", "", "BF16"});
   add_values("--accumulation-rank", {"-1", "two"});
   add_values("--max-aspect-ratio", {"0.5", "0", "-inf", "nan", "abc", "", "4x", "0x10"});
   add_values("--compression-rank", {"0", "-8", "1.5", ""});
@@ -186,6 +187,9 @@ TEST(Gpt2Cli, EveryFlagRefusesBadValues) {
       {{"--rank", "0", "--max-aspect-ratio", "inf"}, {"--max-aspect-ratio 'inf'", "--rank 0"}},
       {{"--quantization-min-size", "0"}, {"--quantization-min-size 0", "--quantization is 'none'"}},
       {{"--optimizer", "adam", "--quantization-min-size", "0"}, {"--quantization-min-size", "flora only"}},
+      {{"--optimizer", "adam", "--projection-precision", "bfloat16"}, {"--projection-precision", "flora only"}},
+      {{"--projection", "reference", "--projection-precision", "bfloat16"},
+       {"projection_precision(bfloat16)", "philox"}},
       // Data-parallel flags: only under a launcher, and in the modes the library has.
       {{"--compression-rank", "8"}, {"--compression-rank '8'", "torchrun", "RANK/WORLD_SIZE"}},
       {{"--overlap"}, {"--overlap", "torchrun"}},
