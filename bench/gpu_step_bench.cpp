@@ -9,6 +9,7 @@
 //   Flora_r256_graph the same, capturable, one step captured in a CUDA graph
 //                    and replayed 
 //   Flora_r256_tf32  the same with TF32 matrix products allowed
+//   Flora_r256_precision_tf32, _bf16  projection_precision tf32 / bfloat16
 //   Flora_r256_checked, _kappa1, _8bit, _reference, Flora_no_momentum
 //   GemmFloor        the down/up products of the compressed matrices alone,
 //                    float32 as Flora computes them (gemm_floor.h); _tf32
@@ -206,6 +207,14 @@ std::vector<Case> cases() {
     out.push_back({"Flora_r256" + suffix, dtype, flora_setup(kFlora)});
     out.push_back({"Flora_r256_graph" + suffix, dtype, flora_graph_workload});
     out.push_back({"Flora_r256_tf32" + suffix, dtype, with_tf32(flora_setup(kFlora))});
+    // The same products through FloraOptions::projection_precision (TF32 for
+    // Flora's own calls only, the process setting untouched), and bfloat16.
+    out.push_back(
+        {"Flora_r256_precision_tf32" + suffix, dtype,
+         flora_setup(flora::FloraOptions(kFlora).projection_precision(flora::ProjectionPrecision::tf32))});
+    out.push_back(
+        {"Flora_r256_precision_bf16" + suffix, dtype,
+         flora_setup(flora::FloraOptions(kFlora).projection_precision(flora::ProjectionPrecision::bfloat16))});
     out.push_back({"Flora_r256_8bit" + suffix, dtype, flora_setup(flora::FloraOptions(kFlora).quantization(true))});
     out.push_back({"Flora_no_momentum" + suffix, dtype, flora_setup(flora::FloraOptions(1e-3).check_finite(false))});
     out.push_back(

@@ -103,6 +103,14 @@ void Flora_r256_8bit(benchmark::State& state) {
   });
 }
 
+// The projection products in bfloat16 (FloraOptions::projection_precision).
+void Flora_r256_bf16_products(benchmark::State& state) {
+  run(state, [](auto& params) {
+    return std::make_unique<flora::Flora>(
+        params, flora::FloraOptions(kFlora).projection_precision(flora::ProjectionPrecision::bfloat16));
+  });
+}
+
 void Flora_no_momentum(benchmark::State& state) {
   run(state, [](auto& params) { return std::make_unique<flora::Flora>(params, flora::FloraOptions(1e-3)); });
 }
@@ -130,6 +138,7 @@ FLORA_STEP_BENCHMARK(GemmFloor);
 FLORA_STEP_BENCHMARK(Flora_r256);
 FLORA_STEP_BENCHMARK(Flora_r256_resample);
 FLORA_STEP_BENCHMARK(Flora_r256_8bit);
+FLORA_STEP_BENCHMARK(Flora_r256_bf16_products);
 FLORA_STEP_BENCHMARK(Flora_no_momentum);
 FLORA_STEP_BENCHMARK(Flora_r256_reference);
 

@@ -642,7 +642,7 @@ void fused_step(
       // A fresh state (or one loaded before its first step): committed only
       // after the checks.
       m.fresh = std::make_unique<FloraParamState>(initial_state(p.grad.sizes(), options, p.param.options()));
-      m.fresh->seed(existing != nullptr ? existing->seed() : options.seed() + p.index);
+      m.fresh->seed(existing != nullptr ? existing->seed() : detail::parameter_seed(options.seed(), p.index));
     } else {
       m.state = existing;
     }

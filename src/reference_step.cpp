@@ -180,7 +180,7 @@ void reference_step(StateMap& states, std::vector<PendingUpdate>& pending) {
     auto& slot = states[p.param.unsafeGetTensorImpl()];
     if (!slot) {
       auto fresh = std::make_unique<FloraParamState>();
-      fresh->seed(p.options->seed() + p.index);
+      fresh->seed(parameter_seed(p.options->seed(), p.index));
       slot = std::move(fresh);
     }
     auto& state = static_cast<FloraParamState&>(*slot);

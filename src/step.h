@@ -9,12 +9,21 @@
 
 #include <flora/optimizer.h>
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace flora::detail {
+
+/// The projection seed of the `index`-th parameter (1-based, over all
+/// groups): seed + index, as flora-opt assigns them, wrapping around at the
+/// int64 limit (a loaded or user seed may sit there; signed overflow would
+/// be undefined).
+inline int64_t parameter_seed(int64_t seed, int64_t index) {
+  return static_cast<int64_t>(static_cast<uint64_t>(seed) + static_cast<uint64_t>(index));
+}
 
 /// A parameter about to be updated.
 struct PendingUpdate {

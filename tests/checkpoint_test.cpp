@@ -6,6 +6,8 @@
 
 #include <flora/flora.h>
 
+#include <limits>
+
 #include <functional>
 
 #include <fstream>
@@ -272,6 +274,34 @@ TEST(Checkpoint, ANewerFormatIsRefusedNamingBothVersions) {
     archive.save_to(dir.file("future.pt"));
   }
   expect_load_fails_cleanly(*opt, model, dir.file("future.pt"), "the checkpoint has format 999, written by a newer flora; this flora reads formats 1 to ");
+}
+
+// A step count no run reaches (the fuzz target's 2^63 - 1, which the next
+// step would overflow) is refused at load; a base seed at the int64 limit
+// still steps (parameter seeds wrap around instead of overflowing).
+TEST(Checkpoint, AStepCountBeyond2To62IsRefused) {
+  TempDir dir;
+  auto model = make_model();
+  auto opt = make_optimizer(model, ProjectionMode::philox);
+  set_grads(model, 1);
+  opt->step();
+  auto& state = static_cast<FloraParamState&>(*opt->state().at(model.params[0].unsafeGetTensorImpl()));
+  state.step(std::numeric_limits<int64_t>::max());
+  torch::save(*opt, dir.file("huge_step.pt"));
+  auto target = make_optimizer(model, ProjectionMode::philox);
+  set_grads(model, 1);
+  target->step();
+  expect_load_fails_cleanly(*target, model, dir.file("huge_step.pt"), "has step count 9223372036854775807, beyond 2^62");
+
+  for (const auto mode : {ProjectionMode::philox, ProjectionMode::reference}) {
+    std::vector<torch::Tensor> params = {torch::randn({6, 12}, torch::requires_grad())};
+    flora::Flora edge(params, flora::FloraOptions(1e-2).beta1(0.9).rank(2).projection(mode).seed(
+                                  std::numeric_limits<int64_t>::max()));
+    params[0].mutable_grad() = torch::randn({6, 12});
+    edge.step();
+    const auto& s = static_cast<const FloraParamState&>(*edge.state().at(params[0].unsafeGetTensorImpl()));
+    EXPECT_EQ(s.seed(), std::numeric_limits<int64_t>::min()); // max + 1, wrapped
+  }
 }
 
 // The reverse direction: torch's own optimizers reject a Flora checkpoint

@@ -3,13 +3,16 @@
 # runs alone (one at a time, nice -n 10), and the machine and its load
 # average (uptime) are written beside every result.
 #
-#   examples/gpt2/measure.sh aspect|precision|memory|parallel|all [RESULTS_DIR]
+#   examples/gpt2/measure.sh aspect|precision|products|memory|parallel|all [RESULTS_DIR]
 #
 # aspect:    Flora with and without --max-aspect-ratio inf (token embedding
 #            momentum compressed), shipped tiny model and 6 x 384 models
 #            trained from scratch, 3 seeds
 # precision: float32 vs bfloat16 round-to-nearest vs bfloat16 with
 #            --stochastic-rounding (Flora), Adam float32 for reference
+# products:  Flora's projection products in float32 vs bfloat16
+#            (--projection-precision), shipped tiny model (3 seeds) and the
+#            6 x 384 model trained from scratch
 # memory:    peak training memory with the parameters counted, GPT-2-small
 #            body (12 x 768, vocabulary 512, n_positions 128: 85.5 M
 #            parameters), batch 4 x 128: Adam float32 vs Flora in bfloat16
@@ -92,6 +95,19 @@ precision() {
   run "precision-large-flora-bf16-sr" --optimizer flora "${large[@]}" --steps "$large_steps" --dtype bfloat16 --stochastic-rounding
 }
 
+products() {
+  for seed in $seeds; do
+    run "products-tiny-fp32-s$seed" --optimizer flora --seed "$seed" --flora-seed "$seed"
+    run "products-tiny-bf16-s$seed" --optimizer flora --seed "$seed" --flora-seed "$seed" --projection-precision bfloat16
+  done
+  for seed in $large_seeds; do
+    run "products-large-fp32-s$seed" --optimizer flora "${large[@]}" --steps "$large_steps" --seed "$seed" \
+        --flora-seed "$seed"
+    run "products-large-bf16-s$seed" --optimizer flora "${large[@]}" --steps "$large_steps" --seed "$seed" \
+        --flora-seed "$seed" --projection-precision bfloat16
+  done
+}
+
 memory() {
   local body=(--init-config custom --n-layer 12 --n-embd 768 --n-head 12 --n-positions 128
               --batch-size 4 --block-size 128 --steps 2 --warmup-steps 1 --eval-every 0 --eval-max-blocks 4
@@ -141,8 +157,9 @@ parallel() {
 case "$what" in
   aspect) aspect ;;
   precision) precision ;;
+  products) products ;;
   memory) memory ;;
   parallel) parallel ;;
-  all) aspect; precision; memory; parallel ;;
-  *) echo "measure.sh: unknown measurement '$what' (aspect, precision, memory, parallel, all)" >&2; exit 2 ;;
+  all) aspect; precision; products; memory; parallel ;;
+  *) echo "measure.sh: unknown measurement '$what' (aspect, precision, products, memory, parallel, all)" >&2; exit 2 ;;
 esac
