@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 namespace flora::cpu {
 namespace {
@@ -33,6 +34,14 @@ at::Tensor apply_update_cpu(
   // flora-opt: lr_t = max(eps2, RMS) * lr, where Python's max returns the
   // tensor RMS only when it is strictly larger (the product is then a float32
   // tensor) and the float eps2 otherwise (a double product).
+  // A float32 tensor takes a double scalar only within float32's range
+  // (ATen throws a std::runtime_error past it): options far out of range
+  // (a fuzzed checkpoint's weight_decay of 1e30) get flora's error instead.
+  auto check_scalar = [](double value, const char* what) {
+    TORCH_CHECK(
+        !(std::isfinite(value) && std::fabs(value) > std::numeric_limits<float>::max()), "Flora: ", what, " is ",
+        value, ", beyond float32's range: the options' lr, eps2 or weight_decay are too large");
+  };
   double decay_alpha = 0.0;
   if (scale_parameter && param_rms.item<float>() > eps2) {
     const at::Tensor lr_t = param_rms * lr;
@@ -40,10 +49,12 @@ at::Tensor apply_update_cpu(
     decay_alpha = (lr_t * -weight_decay).item<double>();
   } else {
     const double lr_t = (scale_parameter ? eps2 : 1.0) * lr;
+    check_scalar(lr_t, "the step size lr_t");
     update.mul_(lr_t);
     decay_alpha = -weight_decay * lr_t;
   }
   if (weight_decay != 0) {
+    check_scalar(decay_alpha, "the decay factor -weight_decay * lr_t");
     p.add_(p, decay_alpha);
   }
   p.sub_(update);
