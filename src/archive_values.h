@@ -66,31 +66,23 @@ void from_ivalue(const c10::IValue& value, std::optional<T>& out, const char* wh
   from_ivalue(value, inner, who, key);
   out = inner;
 }
+// An enum whose values run from 0 to `last`, read as its integer.
+template <typename Enum>
+void from_ivalue_enum(
+    const c10::IValue& value, Enum& out, Enum last, const char* what, const char* who, const char* key) {
+  int64_t kind = 0;
+  from_ivalue(value, kind, who, key);
+  TORCH_CHECK(kind >= 0 && kind <= static_cast<int64_t>(last), who, ": unknown ", what, " ", kind, " in the checkpoint");
+  out = static_cast<Enum>(kind);
+}
 inline void from_ivalue(const c10::IValue& value, ProjectionMode& out, const char* who, const char* key) {
-  int64_t mode = 0;
-  from_ivalue(value, mode, who, key);
-  TORCH_CHECK(
-      mode == static_cast<int64_t>(ProjectionMode::philox) || mode == static_cast<int64_t>(ProjectionMode::reference),
-      who, ": unknown projection mode ", mode, " in the checkpoint");
-  out = static_cast<ProjectionMode>(mode);
+  from_ivalue_enum(value, out, ProjectionMode::reference, "projection mode", who, key);
 }
 inline void from_ivalue(const c10::IValue& value, MomentumProjection& out, const char* who, const char* key) {
-  int64_t kind = 0;
-  from_ivalue(value, kind, who, key);
-  TORCH_CHECK(
-      kind >= static_cast<int64_t>(MomentumProjection::gaussian) &&
-          kind <= static_cast<int64_t>(MomentumProjection::subspace),
-      who, ": unknown momentum projection ", kind, " in the checkpoint");
-  out = static_cast<MomentumProjection>(kind);
+  from_ivalue_enum(value, out, MomentumProjection::subspace, "momentum projection", who, key);
 }
 inline void from_ivalue(const c10::IValue& value, ProjectionPrecision& out, const char* who, const char* key) {
-  int64_t kind = 0;
-  from_ivalue(value, kind, who, key);
-  TORCH_CHECK(
-      kind >= static_cast<int64_t>(ProjectionPrecision::float32) &&
-          kind <= static_cast<int64_t>(ProjectionPrecision::tf32),
-      who, ": unknown projection precision ", kind, " in the checkpoint");
-  out = static_cast<ProjectionPrecision>(kind);
+  from_ivalue_enum(value, out, ProjectionPrecision::tf32, "projection precision", who, key);
 }
 
 } // namespace flora::detail

@@ -382,7 +382,7 @@ std::string OptimizerSpec::label() const {
     }
     if (quantization == "8bit") {
       s += ",8bit";
-      if (quantization_min_size != 4096) {
+      if (quantization_min_size != FloraOptions().quantization_min_size()) {
         s += ",min_size=" + std::to_string(quantization_min_size);
       }
     }

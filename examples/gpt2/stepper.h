@@ -69,7 +69,7 @@ struct OptimizerSpec {
   /// "none" or "8bit" (flora only).
   std::string quantization = "none";
   /// FloraOptions::quantization_min_size (with "8bit").
-  int64_t quantization_min_size = 4096;
+  int64_t quantization_min_size = FloraOptions().quantization_min_size();
   /// FloraOptions::projection_precision.
   ProjectionPrecision projection_precision = ProjectionPrecision::float32;
   /// Compress the gradient accumulation across micro-batches to this rank
