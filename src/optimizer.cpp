@@ -118,6 +118,30 @@ class ReferenceUndo {
   std::vector<std::pair<void*, std::unique_ptr<FloraParamState>>> states_before_;
 };
 
+// A step past detail::kMaxStepCount would leave a state that no checkpoint
+// holds (the fuzz target loaded 2^62 and saved 2^62 + 1). A capturable
+// state on a GPU counts on the device, which a step does not read back; it
+// reaches the bound only after 2^62 replays.
+void check_step_counts(const detail::StateMap& states, const std::vector<PendingUpdate>& pending) {
+  for (const auto& p : pending) {
+    const auto it = states.find(p.param.unsafeGetTensorImpl());
+    if (it == states.end()) {
+      continue;
+    }
+    const auto& s = static_cast<const FloraParamState&>(*it->second);
+    int64_t step = s.step();
+    if (s.counters().defined()) {
+      if (!s.counters().is_cpu()) {
+        continue;
+      }
+      step = s.counters().data_ptr<int64_t>()[0];
+    }
+    TORCH_CHECK(
+        step < detail::kMaxStepCount, "Flora: ", p.who, " has taken ", step,
+        " steps, the most a Flora state counts (2^62); a checkpoint of one more would not load");
+  }
+}
+
 // Reference-mode parameters go through flora-opt's sequence, the others
 // through the fused step. An error anywhere leaves the parameters and the
 // state as they were.
@@ -129,6 +153,8 @@ void run_step(
   for (auto& p : pending) {
     (p.options->projection() == ProjectionMode::reference ? reference : fused).push_back(std::move(p));
   }
+  check_step_counts(states, reference);
+  check_step_counts(states, fused);
   check_all_finite(reference);
   if (reference.empty()) {
     detail::fused_step(states, fused, statistics); // checks and allocates everything before its first write

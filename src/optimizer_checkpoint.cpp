@@ -157,11 +157,9 @@ std::map<std::string, FloraParamState> read_states(torch::serialize::InputArchiv
 void check_loaded_state(
     const FloraParamState& s, const torch::Tensor& param, const FloraOptions& options, const std::string& who) {
   TORCH_CHECK(s.step() >= 0, "Flora::load: ", who, " has a negative step count ", s.step());
-  // Steps count up by one; a count no run can reach would overflow int64
-  // on a later step (the fuzz target found 2^63 - 1).
-  constexpr int64_t kMaxStep = int64_t{1} << 62;
+  // The fuzz target found 2^63 - 1, which overflowed on the next step.
   TORCH_CHECK(
-      s.step() <= kMaxStep, "Flora::load: ", who, " has step count ", s.step(),
+      s.step() <= detail::kMaxStepCount, "Flora::load: ", who, " has step count ", s.step(),
       ", beyond 2^62: no run takes that many steps (a corrupt checkpoint?)");
   if (s.step() == 0) {
     return; // a fresh state (seed assigned, nothing accumulated yet)

@@ -12,6 +12,12 @@
 
 namespace flora::detail {
 
+/// The most steps a parameter's state may count: a checkpoint with more is
+/// refused (no run takes that many; int64 would overflow on a later step),
+/// and a step that would go beyond it throws, so that every state the
+/// optimizer reaches saves and loads back.
+constexpr int64_t kMaxStepCount = int64_t{1} << 62;
+
 /// The state of a parameter of `shape` before its first step (step and seed
 /// left at 0): float32 zeros, or, quantized, the codes and absmax that
 /// quantizing zeros gives (all 0), with the shapes `options` imply. With

@@ -304,6 +304,54 @@ TEST(Checkpoint, AStepCountBeyond2To62IsRefused) {
   }
 }
 
+// At the bound itself a checkpoint loads, and the step that would count past
+// it throws before changing anything, so that what the optimizer holds always
+// saves and loads back (the fuzz target loaded 2^62, stepped, and its own
+// checkpoint was refused). A capturable CPU state counts in its counters.
+TEST(Checkpoint, AStateAtTheStepBoundRefusesToStepAndStillSavesAndLoads) {
+  for (const auto mode : {ProjectionMode::philox, ProjectionMode::reference}) {
+    for (const bool capturable : {false, true}) {
+      if (capturable && mode == ProjectionMode::reference) {
+        continue; // capturable is philox only
+      }
+      SCOPED_TRACE(testing::Message() << "mode " << static_cast<int>(mode) << " capturable " << capturable);
+      TempDir dir;
+      std::vector<torch::Tensor> params = {torch::randn({6, 12}, torch::requires_grad())};
+      flora::Flora opt(params, flora::FloraOptions(1e-2).beta1(0.9).rank(2).projection(mode).capturable(capturable).check_finite(!capturable));
+      params[0].mutable_grad() = torch::randn({6, 12});
+      opt.step();
+      auto& state = static_cast<FloraParamState&>(*opt.state().at(params[0].unsafeGetTensorImpl()));
+      if (capturable) {
+        ASSERT_TRUE(state.counters().defined());
+        state.counters().data_ptr<int64_t>()[0] = int64_t{1} << 62;
+      } else {
+        state.step(int64_t{1} << 62);
+      }
+      const auto before = FloraParamState(state);
+      const auto counters_before = capturable ? state.counters().clone() : torch::Tensor();
+      const auto param_before = params[0].detach().clone();
+      try {
+        opt.step();
+        FAIL() << "a step past 2^62 did not throw";
+      } catch (const c10::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("has taken 4611686018427387904 steps, the most a Flora state counts (2^62)"),
+                  std::string::npos)
+            << e.what();
+      }
+      EXPECT_TRUE(torch::equal(params[0], param_before));
+      EXPECT_EQ(state.step(), before.step());
+      if (capturable) {
+        EXPECT_TRUE(torch::equal(state.counters(), counters_before));
+      }
+      torch::save(opt, dir.file("at_bound.pt"));
+      flora::Flora again(params, flora::FloraOptions(1e-2).beta1(0.9).rank(2).projection(mode).capturable(capturable).check_finite(!capturable));
+      torch::load(again, dir.file("at_bound.pt"));
+      const auto& loaded = static_cast<const FloraParamState&>(*again.state().at(params[0].unsafeGetTensorImpl()));
+      EXPECT_EQ(loaded.step(), int64_t{1} << 62);
+    }
+  }
+}
+
 // The reverse direction: torch's own optimizers reject a Flora checkpoint
 // (their options lack Flora's keys) before changing anything.
 TEST(Checkpoint, TorchOptimizersRejectAFloraCheckpointUnchanged) {
