@@ -36,8 +36,9 @@ inline int reduction_grid(int64_t work) {
 }
 
 /// a / b rounded up (a >= 0, b > 0): chunks, tiles and blocks of a size.
+/// Never forms a + b - 1, which overflows for a block size near 2^63.
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
+  return a <= 0 ? 0 : 1 + (a - 1) / b;
 }
 
 /// Calls f(i) for every i in [0, n) across the whole grid.

@@ -1,6 +1,8 @@
 #include <flora/ops.h>
 #include <flora/quantization.h>
 
+#include "kernels/checks.h"
+
 #include <torch/torch.h>
 
 namespace flora {
@@ -43,7 +45,7 @@ torch::Tensor dynamic_code_map(const torch::Device& device) {
 
 int64_t quantization_blocks(int64_t numel, int64_t block_size) {
   TORCH_CHECK(block_size > 0, "quantization block size must be positive, got ", block_size);
-  return (numel + block_size - 1) / block_size;
+  return detail::quantization_block_count(numel, block_size);
 }
 
 QuantizedTensor quantize_blockwise(const torch::Tensor& x, int64_t block_size) {

@@ -8,6 +8,7 @@
 #include "cpu/fused_kernels.h"
 
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include <flora/flora.h>
@@ -135,6 +136,34 @@ TEST(Quantization, BadInputIsRejected) {
       [&] { flora::quantize_blockwise_into(torch::ones({4}), wrong, 4096); }, "quantize_blockwise_: absmax has 2 elements, expected 1");
   flora::testing::expect_error(
       [&] { flora::dequantize_blockwise(QuantizedTensor{torch::zeros({4}), torch::zeros({1})}, 4096); }, "dequantize_blockwise: codes has dtype Float, expected Byte");
+}
+
+// A block size beyond the tensor is one block, up to INT64_MAX (the fuzz
+// target loaded that and the block count overflowed int64): the same codes
+// as a block size equal to the tensor's length, standalone and in a step.
+TEST(Quantization, ABlockSizeNearInt64MaxIsOneBlock) {
+  constexpr int64_t kHuge = std::numeric_limits<int64_t>::max();
+  const auto x = torch::randn({1000});
+  const auto huge = flora::quantize_blockwise(x, kHuge);
+  const auto exact = flora::quantize_blockwise(x, 1000);
+  EXPECT_EQ(huge.absmax.numel(), 1);
+  EXPECT_TRUE(torch::equal(huge.codes, exact.codes));
+  EXPECT_TRUE(torch::equal(huge.absmax, exact.absmax));
+  EXPECT_TRUE(torch::equal(flora::dequantize_blockwise(huge, kHuge), flora::dequantize_blockwise(exact, 1000)));
+
+  std::vector<torch::Tensor> runs;
+  for (const int64_t block : {kHuge, int64_t{96}}) { // 96: the whole 8 x 12 matrix
+    torch::manual_seed(3);
+    std::vector<torch::Tensor> params = {torch::randn({8, 12}, torch::requires_grad())};
+    flora::Flora opt(params, flora::FloraOptions(1e-2).beta1(0.9).rank(2).quantization(true).quantization_min_size(0)
+                                 .quantization_block_size(block));
+    for (int step = 0; step < 3; ++step) {
+      params[0].mutable_grad() = torch::randn({8, 12});
+      opt.step();
+    }
+    runs.push_back(params[0].detach().clone());
+  }
+  EXPECT_TRUE(torch::equal(runs[0], runs[1]));
 }
 
 // ---- the optimizer with 8-bit states --------------------------------------

@@ -141,6 +141,12 @@ void dispatch_dtype(c10::ScalarType dtype, const Fn& fn) {
   }
 }
 
+// n / d rounded up (n >= 0, d > 0) without forming n + d - 1: a chunk or
+// block length comes from a quantization block size, which may be near 2^63.
+int64_t ceil_div(int64_t n, int64_t d) {
+  return n <= 0 ? 0 : 1 + (n - 1) / d;
+}
+
 // Fixed-slot partial sums, added in order.
 double ordered_sum(const std::vector<double>& parts) {
   double s = 0.0;
@@ -432,7 +438,7 @@ const float* moment_in(const Moment& m, int64_t begin, int64_t n, std::vector<fl
 template <typename T>
 double update_sq_typed(const TensorView& t, const UpdateRule& rule) {
   const int64_t chunk = chunk_length(rule);
-  const int64_t chunks = (t.numel() + chunk - 1) / chunk;
+  const int64_t chunks = ceil_div(t.numel(), chunk);
   std::vector<double> parts(chunks, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<float> second_buf, momentum_buf, second_scratch, momentum_scratch;
@@ -468,7 +474,7 @@ template <typename T>
 void apply_typed(const TensorView& t, const UpdateRule& rule, const ApplyRule& apply) {
   T* p = static_cast<T*>(const_cast<void*>(t.param));
   const int64_t chunk = chunk_length(rule);
-  const int64_t chunks = (t.numel() + chunk - 1) / chunk;
+  const int64_t chunks = ceil_div(t.numel(), chunk);
   const Vec keep(apply.keep), scale(apply.scale);
   const float* map = rule.second.codes != nullptr ? rule.second.code_map : rule.momentum.code_map;
   const auto lookup = map != nullptr ? detail::CodeLookup::of(map) : nullptr;
@@ -662,7 +668,7 @@ void dequantize(const Moment& m, int64_t n, float* out) {
 }
 
 void quantize(const float* x, int64_t n, const Moment& m) {
-  const int64_t blocks = (n + m.block - 1) / m.block;
+  const int64_t blocks = ceil_div(n, m.block);
   const auto lookup = detail::CodeLookup::of(m.code_map);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
