@@ -609,9 +609,90 @@ void apply_from(const TensorView& t, const float* update, const ApplyRule& apply
 constexpr int64_t kBlocks = 16;
 static_assert(kBlocks % kWidth == 0 || kWidth % kBlocks == 0, "lane counts must nest");
 
+constexpr uint32_t kPhiloxMul0 = 0xD2511F53u, kPhiloxMul1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxWeyl0 = 0x9E3779B9u, kPhiloxWeyl1 = 0xBB67AE85u;
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The 32 x 32 -> 64-bit products of 16 lanes: the even and the odd lanes'
+// (vpmuludq multiplies the low half of each 64-bit lane), halves put back
+// in lane order.
+void mul_hi_lo(__m512i a, __m512i k, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, k);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), k);
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+void mul_hi_lo(__m256i a, __m256i k, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, k);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), k);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+#endif
+
+// Philox-4x32's ten rounds on kBlocks counters (x, y, z, w) under the key
+// (k0, k1), in place: whole vectors of counters on AVX2/AVX-512 (integer
+// work, the same bits as the scalar rounds).
+void philox_rounds(uint32_t* x, uint32_t* y, uint32_t* z, uint32_t* w, uint32_t k0, uint32_t k1) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+  using V = __m512i;
+  constexpr int64_t lanes = 16;
+  const auto load = [](const uint32_t* p) { return _mm512_loadu_si512(p); };
+  const auto store = [](uint32_t* p, V v) { _mm512_storeu_si512(p, v); };
+  const auto splat = [](uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); };
+  const auto xor3 = [](V a, V b, V c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); };
+#else
+  using V = __m256i;
+  constexpr int64_t lanes = 8;
+  const auto load = [](const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
+  const auto store = [](uint32_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); };
+  const auto splat = [](uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); };
+  const auto xor3 = [](V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); };
+#endif
+  static_assert(kBlocks % lanes == 0, "whole vectors of counters");
+  const V m0 = splat(kPhiloxMul0), m1 = splat(kPhiloxMul1);
+  for (int64_t l = 0; l < kBlocks; l += lanes) {
+    V vx = load(x + l), vy = load(y + l), vz = load(z + l), vw = load(w + l);
+    uint32_t a = k0, b = k1;
+    for (int round = 0; round < 10; ++round) {
+      V hi0, lo0, hi1, lo1;
+      mul_hi_lo(vx, m0, hi0, lo0);
+      mul_hi_lo(vz, m1, hi1, lo1);
+      vx = xor3(hi1, vy, splat(a));
+      vy = lo1;
+      vz = xor3(hi0, vw, splat(b));
+      vw = lo0;
+      a += kPhiloxWeyl0;
+      b += kPhiloxWeyl1;
+    }
+    store(x + l, vx);
+    store(y + l, vy);
+    store(z + l, vz);
+    store(w + l, vw);
+  }
+#else
+  for (int round = 0; round < 10; ++round) {
+    for (int64_t l = 0; l < kBlocks; ++l) {
+      const uint64_t p0 = static_cast<uint64_t>(kPhiloxMul0) * x[l];
+      const uint64_t p1 = static_cast<uint64_t>(kPhiloxMul1) * z[l];
+      const uint32_t nx = static_cast<uint32_t>(p1 >> 32) ^ y[l] ^ k0;
+      const uint32_t ny = static_cast<uint32_t>(p1);
+      const uint32_t nz = static_cast<uint32_t>(p0 >> 32) ^ w[l] ^ k1;
+      const uint32_t nw = static_cast<uint32_t>(p0);
+      x[l] = nx;
+      y[l] = ny;
+      z[l] = nz;
+      w[l] = nw;
+    }
+    k0 += kPhiloxWeyl0;
+    k1 += kPhiloxWeyl1;
+  }
+#endif
+}
+
 void philox_row(float* out, int64_t row, int64_t cols, uint64_t seed, float scale) {
-  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
-  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
   const int64_t blocks = (cols + 3) / 4;
   alignas(64) uint32_t x[kBlocks], y[kBlocks], z[kBlocks], w[kBlocks];
   alignas(64) float u0[kBlocks], v0[kBlocks], u1[kBlocks], v1[kBlocks];
@@ -625,23 +706,7 @@ void philox_row(float* out, int64_t row, int64_t cols, uint64_t seed, float scal
       z[l] = row_lo;
       w[l] = row_hi;
     }
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      for (int64_t l = 0; l < kBlocks; ++l) {
-        const uint64_t p0 = static_cast<uint64_t>(kMul0) * x[l];
-        const uint64_t p1 = static_cast<uint64_t>(kMul1) * z[l];
-        const uint32_t nx = static_cast<uint32_t>(p1 >> 32) ^ y[l] ^ k0;
-        const uint32_t ny = static_cast<uint32_t>(p1);
-        const uint32_t nz = static_cast<uint32_t>(p0 >> 32) ^ w[l] ^ k1;
-        const uint32_t nw = static_cast<uint32_t>(p0);
-        x[l] = nx;
-        y[l] = ny;
-        z[l] = nz;
-        w[l] = nw;
-      }
-      k0 += kWeyl0;
-      k1 += kWeyl1;
-    }
+    philox_rounds(x, y, z, w, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
     // cuRAND's Box-Muller inputs (philox.h): u = a 2^-32 + 2^-33, v = b 2^-32 2pi + 2^-32 pi.
     constexpr float kInv2Pow32 = 2.3283064e-10f;
     constexpr float kInv2Pow32TwoPi = 2.3283064e-10f * 6.2831855f;

@@ -97,6 +97,9 @@ void factored_factors(
   }
 }
 
+// Elements per piece of a parallel copy or mix of moments.
+constexpr int64_t kCopyGrain = 16384;
+
 // ---------------------------------------------------------------- operators
 
 void gradient_sums_cpu(at::TensorList params, at::TensorList grads, bool factored, at::Tensor& flags, at::Tensor& sums) {
@@ -294,7 +297,10 @@ void gather_moments_cpu(
     if (quantized) {
       k.dequantize(moment_of(moments, absmaxes, i, block_size, code_map), each, dst);
     } else {
-      std::memcpy(dst, moments[i].data_ptr<float>(), static_cast<size_t>(each) * sizeof(float));
+      const float* from = moments[i].data_ptr<float>();
+      at::parallel_for(0, each, kCopyGrain, [&](int64_t e0, int64_t e1) {
+        std::memcpy(dst + e0, from + e0, static_cast<size_t>(e1 - e0) * sizeof(float));
+      });
     }
   }
 }
@@ -311,22 +317,27 @@ void scatter_moments_cpu(
   const float* x = mix.has_value() ? mix->data_ptr<float>() : nullptr;
   const float b = static_cast<float>(beta), omb = static_cast<float>(1.0 - beta);
   const auto& k = kernels();
-  std::vector<float> mixed(x != nullptr ? static_cast<size_t>(each) : 0);
+  // Float32 moments take the mix (or the copy) directly; 8-bit ones get it
+  // in a float32 buffer that the quantiser then reads.
+  std::vector<float> mixed(quantized && x != nullptr ? static_cast<size_t>(each) : 0);
   for (size_t i = 0; i < moments.size(); ++i) {
     const float* from = s + static_cast<int64_t>(i) * each;
+    float* to = quantized ? mixed.data() : moments[i].data_ptr<float>();
     if (x != nullptr) {
       const float* other = x + static_cast<int64_t>(i) * each;
-      at::parallel_for(0, each, 16384, [&](int64_t e0, int64_t e1) {
+      at::parallel_for(0, each, kCopyGrain, [&](int64_t e0, int64_t e1) {
         for (int64_t e = e0; e < e1; ++e) {
-          mixed[e] = from[e] * b + other[e] * omb;
+          to[e] = from[e] * b + other[e] * omb;
         }
       });
-      from = mixed.data();
+      from = to;
+    } else if (!quantized) {
+      at::parallel_for(0, each, kCopyGrain, [&](int64_t e0, int64_t e1) {
+        std::memcpy(to + e0, from + e0, static_cast<size_t>(e1 - e0) * sizeof(float));
+      });
     }
     if (quantized) {
       k.quantize(from, each, moment_of(moments, absmaxes, i, block_size, code_map));
-    } else {
-      std::memcpy(moments[i].data_ptr<float>(), from, static_cast<size_t>(each) * sizeof(float));
     }
   }
 }
