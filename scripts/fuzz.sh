@@ -4,13 +4,14 @@
 # configuration), each from its checked-in corpus plus what earlier runs of
 # this script found, with a fixed seed, for a bounded number of inputs.
 #
-#   scripts/fuzz.sh [--runs N | --seconds S] [--jobs J] [target...]
+#   scripts/fuzz.sh [--runs N | --seconds S] [--seed S] [target...]
 #
 # Targets: optimizer_checkpoint accumulator_checkpoint synchronizer_checkpoint
 # safetensors config tokenizer (default: all), or `probe` (LibTorch's own
 # archive reader on raw bytes: not flora's, never part of the default).
 # --runs N: N inputs per target (default 2000), --seconds S: S seconds per
-# target instead. Inputs that libFuzzer finds new coverage with accumulate
+# target instead; --seed S: libFuzzer's seed (default 1; another seed's
+# run may go on beside it, on the same corpus, with its own log). Inputs that libFuzzer finds new coverage with accumulate
 # in $build/fuzz/<target>/corpus (outside the source tree); a crash leaves
 # its input in $build/fuzz/<target>/ and makes the script fail. Every run's
 # input count is appended to $build/fuzz/<target>/runs.log, and the script
@@ -29,6 +30,7 @@ source scripts/sanitize-env.sh
 
 build="${FLORA_SANITIZE_BUILD_DIR:-build-sanitize}"
 limit=(-runs=2000)
+seed=1
 read -r -a extra <<< "${FLORA_FUZZ_FLAGS:-}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 all=(optimizer_checkpoint accumulator_checkpoint synchronizer_checkpoint safetensors config tokenizer)
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --runs) limit=("-runs=$2"); shift 2 ;;
     --seconds) limit=("-max_total_time=$2"); shift 2 ;;
+    --seed) seed="$2"; shift 2 ;;
     -*) echo "scripts/fuzz.sh: unknown option $1" >&2; exit 2 ;;
     probe) targets+=(libtorch_archive_probe); shift ;;
     *) targets+=("$1"); shift ;;
@@ -61,18 +64,19 @@ for t in "${targets[@]}"; do
   dict=()
   [ -f "tests/fuzz/dict/$t.dict" ] && dict=("-dict=tests/fuzz/dict/$t.dict")
   log="$work/last.log"
+  [ "$seed" = 1 ] || log="$work/last-seed$seed.log"
   echo "[fuzz] $t: ${limit[*]}"
   # -seed: the same inputs every time for the same binary and corpus.
   # -timeout: an input that runs 60 s is a hang (a finding).
   # -rss_limit_mb/-malloc_limit_mb: an input that makes a parser allocate
   #   gigabytes is a finding too.
   set +e
-  "$build/tests/fuzz/flora_fuzz_$t" -seed=1 "${limit[@]}" -timeout=60 -rss_limit_mb=4096 -malloc_limit_mb=2048 \
+  "$build/tests/fuzz/flora_fuzz_$t" -seed="$seed" "${limit[@]}" -timeout=60 -rss_limit_mb=4096 -malloc_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$work/" "${extra[@]}" "${dict[@]}" "$work/corpus" "$seeds" > "$log" 2>&1
   rc=$?
   set -e
   executed=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  echo "$(date -u +%FT%TZ) ${executed:-0} rc=$rc ${limit[*]} ${extra[*]}" >> "$work/runs.log"
+  echo "$(date -u +%FT%TZ) ${executed:-0} rc=$rc ${limit[*]} -seed=$seed ${extra[*]}" >> "$work/runs.log"
   echo "[fuzz] $t: ${executed:-?} inputs, exit $rc"
   if [ "$rc" -ne 0 ]; then
     failed=1

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -108,9 +109,10 @@ void store_param(T* p, const Vec& v, int64_t width, int64_t flat, const ApplyRul
 // passes that also write run at about twice the bandwidth without it).
 constexpr int64_t kPrefetchBytes = 2048;
 
+// (An address, not a pointer past the array: a prefetch never faults.)
 template <typename T>
 void prefetch(const T* at) {
-  __builtin_prefetch(reinterpret_cast<const char*>(at) + kPrefetchBytes);
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(at) + kPrefetchBytes));
 }
 
 // Lanes added in a fixed order.
