@@ -5,6 +5,8 @@
 // atomics: partial results go to fixed slots and are combined in a fixed
 // order, so a result does not change from run to run.
 
+#include "kernels/ceil_div.h"
+
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -35,11 +37,7 @@ inline int reduction_grid(int64_t work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, 1024)));
 }
 
-/// a / b rounded up (a >= 0, b > 0): chunks, tiles and blocks of a size.
-/// Never forms a + b - 1, which overflows for a block size near 2^63.
-__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
-  return a <= 0 ? 0 : 1 + (a - 1) / b;
-}
+using detail::ceil_div;
 
 /// Calls f(i) for every i in [0, n) across the whole grid.
 template <typename F>

@@ -149,12 +149,11 @@ void run_step(
     detail::StateMap& states,
     std::vector<PendingUpdate>& pending,
     std::map<int64_t, ParameterStatistics>* statistics) {
+  check_step_counts(states, pending);
   std::vector<PendingUpdate> reference, fused;
   for (auto& p : pending) {
     (p.options->projection() == ProjectionMode::reference ? reference : fused).push_back(std::move(p));
   }
-  check_step_counts(states, reference);
-  check_step_counts(states, fused);
   check_all_finite(reference);
   if (reference.empty()) {
     detail::fused_step(states, fused, statistics); // checks and allocates everything before its first write

@@ -6,6 +6,7 @@
 // so the three copies never meet. Built with -ffp-contract=off: every
 // instruction set rounds the same multiply-then-add.
 
+#include "kernels/ceil_div.h"
 #include "kernels/philox.h"
 #include "kernels/code_lookup.h"
 #include "kernels/quantization_rule.h"
@@ -151,12 +152,6 @@ void dispatch_dtype(c10::ScalarType dtype, const Fn& fn) {
     default:
       TORCH_CHECK(false, "flora fused kernels: unsupported dtype ", dtype);
   }
-}
-
-// n / d rounded up (n >= 0, d > 0) without forming n + d - 1: a chunk or
-// block length comes from a quantization block size, which may be near 2^63.
-int64_t ceil_div(int64_t n, int64_t d) {
-  return n <= 0 ? 0 : 1 + (n - 1) / d;
 }
 
 // Fixed-slot partial sums, added in order.
@@ -459,7 +454,7 @@ const float* moment_in(const Moment& m, int64_t begin, int64_t n, std::vector<fl
 template <typename T>
 double update_sq_typed(const TensorView& t, const UpdateRule& rule) {
   const int64_t chunk = chunk_length(rule);
-  const int64_t chunks = ceil_div(t.numel(), chunk);
+  const int64_t chunks = detail::ceil_div(t.numel(), chunk);
   std::vector<double> parts(chunks, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<float> second_buf, momentum_buf, second_scratch, momentum_scratch;
@@ -495,7 +490,7 @@ template <typename T>
 void apply_typed(const TensorView& t, const UpdateRule& rule, const ApplyRule& apply) {
   T* p = static_cast<T*>(const_cast<void*>(t.param));
   const int64_t chunk = chunk_length(rule);
-  const int64_t chunks = ceil_div(t.numel(), chunk);
+  const int64_t chunks = detail::ceil_div(t.numel(), chunk);
   const Vec keep(apply.keep), scale(apply.scale);
   const float* map = rule.second.codes != nullptr ? rule.second.code_map : rule.momentum.code_map;
   const auto lookup = map != nullptr ? detail::CodeLookup::of(map) : nullptr;
@@ -611,9 +606,6 @@ void apply_from(const TensorView& t, const float* update, const ApplyRule& apply
 constexpr int64_t kBlocks = 16;
 static_assert(kBlocks % kWidth == 0 || kWidth % kBlocks == 0, "lane counts must nest");
 
-constexpr uint32_t kPhiloxMul0 = 0xD2511F53u, kPhiloxMul1 = 0xCD9E8D57u;
-constexpr uint32_t kPhiloxWeyl0 = 0x9E3779B9u, kPhiloxWeyl1 = 0xBB67AE85u;
-
 #if defined(CPU_CAPABILITY_AVX512)
 // The 32 x 32 -> 64-bit products of 16 lanes: the even and the odd lanes'
 // (vpmuludq multiplies the low half of each 64-bit lane), halves put back
@@ -635,7 +627,7 @@ void mul_hi_lo(__m256i a, __m256i k, __m256i& hi, __m256i& lo) {
 
 // Philox-4x32's ten rounds on kBlocks counters (x, y, z, w) under the key
 // (k0, k1), in place: whole vectors of counters on AVX2/AVX-512 (integer
-// work, the same bits as the scalar rounds).
+// work, the same bits as philox4x32_10, which the baseline calls).
 void philox_rounds(uint32_t* x, uint32_t* y, uint32_t* z, uint32_t* w, uint32_t k0, uint32_t k1) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #if defined(CPU_CAPABILITY_AVX512)
@@ -654,7 +646,7 @@ void philox_rounds(uint32_t* x, uint32_t* y, uint32_t* z, uint32_t* w, uint32_t 
   const auto xor3 = [](V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); };
 #endif
   static_assert(kBlocks % lanes == 0, "whole vectors of counters");
-  const V m0 = splat(kPhiloxMul0), m1 = splat(kPhiloxMul1);
+  const V m0 = splat(detail::kPhiloxMul0), m1 = splat(detail::kPhiloxMul1);
   for (int64_t l = 0; l < kBlocks; l += lanes) {
     V vx = load(x + l), vy = load(y + l), vz = load(z + l), vw = load(w + l);
     uint32_t a = k0, b = k1;
@@ -666,8 +658,8 @@ void philox_rounds(uint32_t* x, uint32_t* y, uint32_t* z, uint32_t* w, uint32_t 
       vy = lo1;
       vz = xor3(hi0, vw, splat(b));
       vw = lo0;
-      a += kPhiloxWeyl0;
-      b += kPhiloxWeyl1;
+      a += detail::kPhiloxWeyl0;
+      b += detail::kPhiloxWeyl1;
     }
     store(x + l, vx);
     store(y + l, vy);
@@ -675,21 +667,12 @@ void philox_rounds(uint32_t* x, uint32_t* y, uint32_t* z, uint32_t* w, uint32_t 
     store(w + l, vw);
   }
 #else
-  for (int round = 0; round < 10; ++round) {
-    for (int64_t l = 0; l < kBlocks; ++l) {
-      const uint64_t p0 = static_cast<uint64_t>(kPhiloxMul0) * x[l];
-      const uint64_t p1 = static_cast<uint64_t>(kPhiloxMul1) * z[l];
-      const uint32_t nx = static_cast<uint32_t>(p1 >> 32) ^ y[l] ^ k0;
-      const uint32_t ny = static_cast<uint32_t>(p1);
-      const uint32_t nz = static_cast<uint32_t>(p0 >> 32) ^ w[l] ^ k1;
-      const uint32_t nw = static_cast<uint32_t>(p0);
-      x[l] = nx;
-      y[l] = ny;
-      z[l] = nz;
-      w[l] = nw;
-    }
-    k0 += kPhiloxWeyl0;
-    k1 += kPhiloxWeyl1;
+  for (int64_t l = 0; l < kBlocks; ++l) {
+    const auto c = detail::philox4x32_10(detail::PhiloxBlock{x[l], y[l], z[l], w[l]}, k0, k1);
+    x[l] = c.x;
+    y[l] = c.y;
+    z[l] = c.z;
+    w[l] = c.w;
   }
 #endif
 }
@@ -755,7 +738,7 @@ void dequantize(const Moment& m, int64_t n, float* out) {
 }
 
 void quantize(const float* x, int64_t n, const Moment& m) {
-  const int64_t blocks = ceil_div(n, m.block);
+  const int64_t blocks = detail::ceil_div(n, m.block);
   const auto lookup = detail::CodeLookup::of(m.code_map);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {

@@ -9,6 +9,7 @@
 // Contiguity is never required: kernels that need contiguous memory work on
 // a contiguous copy and write it back (kernels/contiguous.h).
 
+#include "kernels/ceil_div.h"
 #include "kernels/dtypes.h"
 
 #include <ATen/core/Tensor.h>
@@ -143,10 +144,8 @@ inline void check_block_size(const char* op, int64_t block_size) {
   TORCH_CHECK(block_size > 0, op, ": block_size must be positive, got ", block_size);
 }
 
-// numel / block_size rounded up, without numel + block_size - 1 (a loaded
-// block size may be near 2^63: the fuzz target found INT64_MAX).
 inline int64_t quantization_block_count(int64_t numel, int64_t block_size) {
-  return numel <= 0 ? 0 : 1 + (numel - 1) / block_size;
+  return ceil_div(numel, block_size);
 }
 
 /// Returns the number of quantization blocks.

@@ -21,24 +21,26 @@ struct PhiloxBlock {
   uint32_t x, y, z, w;
 };
 
+// Philox-4x32's round multipliers and key increments (the Weyl sequence).
+constexpr uint32_t kPhiloxMul0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxMul1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxWeyl0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxWeyl1 = 0xBB67AE85u;
+
 FLORA_HOST_DEVICE PhiloxBlock philox4x32_10(PhiloxBlock c, uint32_t k0, uint32_t k1) {
-  constexpr uint32_t kMul0 = 0xD2511F53u;
-  constexpr uint32_t kMul1 = 0xCD9E8D57u;
-  constexpr uint32_t kWeyl0 = 0x9E3779B9u;
-  constexpr uint32_t kWeyl1 = 0xBB67AE85u;
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
-    const uint64_t p0 = static_cast<uint64_t>(kMul0) * c.x;
-    const uint64_t p1 = static_cast<uint64_t>(kMul1) * c.z;
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxMul0) * c.x;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxMul1) * c.z;
     c = PhiloxBlock{
         static_cast<uint32_t>(p1 >> 32) ^ c.y ^ k0,
         static_cast<uint32_t>(p1),
         static_cast<uint32_t>(p0 >> 32) ^ c.w ^ k1,
         static_cast<uint32_t>(p0)};
-    k0 += kWeyl0;
-    k1 += kWeyl1;
+    k0 += kPhiloxWeyl0;
+    k1 += kPhiloxWeyl1;
   }
   return c;
 }
