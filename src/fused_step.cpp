@@ -38,6 +38,7 @@
 // gradient (for a parameter whose options ask for the check) is reported
 // with one host read of the flags per device, before any state is touched.
 
+#include "cpu/huge_pages.h"
 #include "fused_ops.h"
 #include "param_state.h"
 #include "step.h"
@@ -53,8 +54,9 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <limits>
 #include <cmath>
+#include <iterator>
+#include <limits>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -282,11 +284,12 @@ struct Invocation {
   std::vector<ParameterStatistics> statistics;
 };
 
-// The compressed groups' buffers: one allocation of each kind for the whole
-// step, as large as the largest chunk needs; chunks run one after another
-// and take views of them.
+// The compressed groups' buffers: one allocation per device for the whole
+// step, each buffer as large as the largest chunk needs; chunks run one
+// after another and take views of them.
 struct StepBuffers {
   int64_t u = 0, projection = 0, compressed = 0, carry = 0;
+  torch::Tensor storage; // the one allocation the buffers below are slices of
   torch::Tensor u_buf, p_new_buf, p_old_buf, down_buf, gathered_buf, carried_buf, carry_buf;
 };
 
@@ -376,13 +379,30 @@ void size_buffers(const Invocation& v, StepBuffers& b) {
 }
 
 void allocate(StepBuffers& b, const torch::TensorOptions& fp32, bool carry) {
-  b.u_buf = torch::empty({b.u}, fp32);
-  b.p_new_buf = torch::empty({b.projection}, fp32);
-  b.p_old_buf = carry ? torch::empty({b.projection}, fp32) : torch::Tensor();
-  b.down_buf = torch::empty({b.compressed}, fp32);
-  b.gathered_buf = torch::empty({b.compressed}, fp32);
-  b.carried_buf = carry ? torch::empty({b.compressed}, fp32) : torch::Tensor();
-  b.carry_buf = carry ? torch::empty({b.carry}, fp32) : torch::Tensor();
+  // One allocation, cut in slices that start on 64 bytes (as each of their
+  // own allocations would): one huge-page advice covers them all.
+  auto rounded = [](int64_t n) { return (n + 15) / 16 * 16; };
+  const int64_t sizes[] = {
+      b.u, b.projection, carry ? b.projection : 0, b.compressed, b.compressed, carry ? b.compressed : 0,
+      carry ? b.carry : 0};
+  int64_t total = 0;
+  for (const int64_t n : sizes) {
+    total += rounded(n);
+  }
+  b.storage = torch::empty({total}, fp32);
+  cpu::advise_huge_pages(b.storage);
+  // Slices made without the dispatcher (a narrow is three calls, each a
+  // launch-sized cost on the books); b.storage outlives them.
+  float* base = b.storage.data_ptr<float>();
+  int64_t offset = 0;
+  torch::Tensor* slots[] = {&b.u_buf, &b.p_new_buf, &b.p_old_buf, &b.down_buf, &b.gathered_buf, &b.carried_buf, &b.carry_buf};
+  for (size_t i = 0; i < std::size(sizes); ++i) {
+    *slots[i] = torch::from_blob(base + offset, {sizes[i]}, fp32);
+    offset += rounded(sizes[i]);
+  }
+  if (!carry) {
+    b.p_old_buf = b.carried_buf = b.carry_buf = torch::Tensor();
+  }
 }
 
 bool is_variant(const Invocation& v) {
