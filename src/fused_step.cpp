@@ -293,8 +293,13 @@ struct StepBuffers {
   torch::Tensor u_buf, p_new_buf, p_old_buf, down_buf, gathered_buf, carried_buf, carry_buf;
 };
 
+// The first elements of a step buffer as a tensor of `shape`, made without
+// the dispatcher (a narrow and a view are five calls, each a host-side cost
+// paid per chunk): it borrows the memory of StepBuffers::storage, which
+// outlives every chunk.
 torch::Tensor view_of(const torch::Tensor& buffer, std::vector<int64_t> shape) {
-  return buffer.narrow(0, 0, c10::multiply_integers(shape)).view(shape);
+  TORCH_INTERNAL_ASSERT(c10::multiply_integers(shape) <= buffer.numel(), "a step buffer sized too small");
+  return torch::from_blob(buffer.data_ptr(), shape, buffer.options());
 }
 
 Invocation prepare(Group& g, std::vector<Member>& all) {
