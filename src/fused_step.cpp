@@ -293,13 +293,18 @@ struct StepBuffers {
   torch::Tensor u_buf, p_new_buf, p_old_buf, down_buf, gathered_buf, carried_buf, carry_buf;
 };
 
-// The first elements of a step buffer as a tensor of `shape`, made without
-// the dispatcher (a narrow and a view are five calls, each a host-side cost
-// paid per chunk): it borrows the memory of StepBuffers::storage, which
-// outlives every chunk.
+// A tensor of `shape` over memory of StepBuffers::storage, which outlives
+// every chunk, made without the dispatcher (a narrow and a view are five
+// calls, each a host-side cost paid per chunk). The device is given, so
+// that CUDA is not asked where the pointer lives.
+torch::Tensor borrow(void* data, c10::IntArrayRef shape, const torch::TensorOptions& options) {
+  return at::for_blob(data, shape).options(options).target_device(options.device()).make_tensor();
+}
+
+// The first elements of a step buffer as a tensor of `shape`.
 torch::Tensor view_of(const torch::Tensor& buffer, std::vector<int64_t> shape) {
   TORCH_INTERNAL_ASSERT(c10::multiply_integers(shape) <= buffer.numel(), "a step buffer sized too small");
-  return torch::from_blob(buffer.data_ptr(), shape, buffer.options());
+  return borrow(buffer.data_ptr(), shape, buffer.options());
 }
 
 Invocation prepare(Group& g, std::vector<Member>& all) {
@@ -396,13 +401,11 @@ void allocate(StepBuffers& b, const torch::TensorOptions& fp32, bool carry) {
   }
   b.storage = torch::empty({total}, fp32);
   cpu::advise_huge_pages(b.storage);
-  // Slices made without the dispatcher (a narrow is three calls, each a
-  // launch-sized cost on the books); b.storage outlives them.
   float* base = b.storage.data_ptr<float>();
   int64_t offset = 0;
   torch::Tensor* slots[] = {&b.u_buf, &b.p_new_buf, &b.p_old_buf, &b.down_buf, &b.gathered_buf, &b.carried_buf, &b.carry_buf};
   for (size_t i = 0; i < std::size(sizes); ++i) {
-    *slots[i] = torch::from_blob(base + offset, {sizes[i]}, fp32);
+    *slots[i] = borrow(base + offset, {sizes[i]}, fp32);
     offset += rounded(sizes[i]);
   }
   if (!carry) {
