@@ -117,6 +117,12 @@ std::vector<Case> cases() {
   return {
       {"compressed_left_right_resample", {{8, 24}, {24, 8}, {33, 65}, {65, 33}}, momentum},
       {"compressed_kappa1", {{9, 12}, {12, 9}}, FloraOptions(momentum).kappa(1)},
+      // A shape group over the CPU's 16 MiB chunk budget (five 4.3 MB
+      // matrices: chunks of three and two) and a matrix larger than the
+      // budget alone (a chunk of one).
+      {"compressed_in_chunks",
+       {{1024, 1040}, {1024, 1040}, {1024, 1040}, {1024, 1040}, {1024, 1040}, {2100, 2050}},
+       momentum},
       {"uncompressed_momentum", {{40, 6}, {6, 40}, {3, 4097}}, momentum},
       {"no_momentum", {{8, 24}, {1, 1}, {4097, 3}, {5, 1}}, FloraOptions(1e-2)},
       {"full_second_moment", {{4097}, {7}, {}, {3, 4, 5}, {1}}, momentum},
