@@ -100,6 +100,14 @@ void factored_factors(
 // Elements per piece of a parallel copy or mix of moments.
 constexpr int64_t kCopyGrain = 16384;
 
+// n floats from `from` to `to`, in parallel pieces (one thread's memcpy
+// does not reach the memory bandwidth).
+void parallel_copy(float* to, const float* from, int64_t n) {
+  at::parallel_for(0, n, kCopyGrain, [&](int64_t e0, int64_t e1) {
+    std::memcpy(to + e0, from + e0, static_cast<size_t>(e1 - e0) * sizeof(float));
+  });
+}
+
 // ---------------------------------------------------------------- operators
 
 void gradient_sums_cpu(at::TensorList params, at::TensorList grads, bool factored, at::Tensor& flags, at::Tensor& sums) {
@@ -297,10 +305,7 @@ void gather_moments_cpu(
     if (quantized) {
       k.dequantize(moment_of(moments, absmaxes, i, block_size, code_map), each, dst);
     } else {
-      const float* from = moments[i].data_ptr<float>();
-      at::parallel_for(0, each, kCopyGrain, [&](int64_t e0, int64_t e1) {
-        std::memcpy(dst + e0, from + e0, static_cast<size_t>(e1 - e0) * sizeof(float));
-      });
+      parallel_copy(dst, moments[i].data_ptr<float>(), each);
     }
   }
 }
@@ -332,9 +337,7 @@ void scatter_moments_cpu(
       });
       from = to;
     } else if (!quantized) {
-      at::parallel_for(0, each, kCopyGrain, [&](int64_t e0, int64_t e1) {
-        std::memcpy(to + e0, from + e0, static_cast<size_t>(e1 - e0) * sizeof(float));
-      });
+      parallel_copy(to, from, each);
     }
     if (quantized) {
       k.quantize(from, each, moment_of(moments, absmaxes, i, block_size, code_map));
